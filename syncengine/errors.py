@@ -1,0 +1,159 @@
+"""The exceptions syncengine raises. Callers never see sqlite3, httpx or websockets errors.
+
+Foreign exceptions are translated at the layer that touches the foreign library
+(``store/`` for sqlite3, ``transport/`` for httpx and websockets), with
+``raise ... from exc`` so the cause stays inspectable.
+
+::
+
+    SyncEngineError
+    ├── UsageError                 you called the API wrongly (bad argument, unknown id)
+    │   └── NotFound               no such conversation / message / operation in the store
+    ├── StoreError                 the local SQLite store
+    │   ├── StoreLocked            another process held the write lock past the busy timeout
+    │   ├── StoreFull              the disk (or max_page_count) is full; nothing was written
+    │   ├── StoreCorrupt           the file is not a usable database (``moved_to`` says where)
+    │   ├── SchemaTooNew           written by a newer syncengine; refused, left untouched
+    │   └── StoreLockHeld          another daemon owns this store (``pid``)
+    ├── WireError                  a frame or payload broke the protocol (``field`` names where)
+    ├── TransportError             the network, transient: retry with backoff
+    │   ├── ServerUnavailable      5xx, connection refused or cut, timeouts
+    │   └── RateLimited            429 (``retry_after`` seconds)
+    ├── TLSVerificationFailed      the server's certificate did not verify (permanent)
+    ├── AuthFailed                 401: credentials refused or token expired (log in again)
+    ├── Rejected                   a permanent 4xx for one request or operation (``code``, ``reason``)
+    └── CursorExpired              410: the cursor is older than the server's retention
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthFailed",
+    "CursorExpired",
+    "NotFound",
+    "RateLimited",
+    "Rejected",
+    "SchemaTooNew",
+    "ServerUnavailable",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLockHeld",
+    "StoreLocked",
+    "SyncEngineError",
+    "TLSVerificationFailed",
+    "TransportError",
+    "UsageError",
+    "WireError",
+]
+
+
+class SyncEngineError(Exception):
+    """Root of every exception syncengine raises on purpose."""
+
+
+class UsageError(SyncEngineError, ValueError):
+    """The caller passed something the engine cannot act on."""
+
+
+class NotFound(UsageError, LookupError):
+    """The conversation, message or operation named does not exist in the store."""
+
+
+class StoreError(SyncEngineError):
+    """The local store could not do what was asked; nothing partial was committed."""
+
+
+class StoreLocked(StoreError):
+    """Another process held the database write lock for longer than the busy timeout."""
+
+
+class StoreFull(StoreError):
+    """The disk is full (or the database reached ``max_page_count``); the write was rolled back."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged or not a database.
+
+    Attributes:
+        path: the file that was found damaged.
+        moved_to: where it was moved aside (never deleted), or ``None`` if it was left in place.
+    """
+
+    def __init__(self, message: str, *, path: str, moved_to: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.moved_to = moved_to
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer syncengine; it is refused and left untouched."""
+
+
+class StoreLockHeld(StoreError):
+    """Another daemon already syncs this store (one writer per store, guarantee G6).
+
+    Attributes:
+        pid: the process id written in the lock file, if it could be read.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class WireError(SyncEngineError, ValueError):
+    """A frame or payload does not follow the protocol.
+
+    Attributes:
+        field: a dotted path to the offending part (``"frame"`` for the whole frame).
+    """
+
+    def __init__(self, message: str, *, field: str = "frame") -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class TransportError(SyncEngineError):
+    """A transient network failure: the request may be retried."""
+
+
+class ServerUnavailable(TransportError):
+    """The server could not be reached or answered 5xx."""
+
+
+class RateLimited(TransportError):
+    """The server answered 429; ``retry_after`` seconds is its requested pause."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TLSVerificationFailed(SyncEngineError):
+    """The server's TLS certificate did not verify. Not retried: fix the CA or the host."""
+
+
+class AuthFailed(SyncEngineError):
+    """The server refused the credentials or the token (401). Log in again; nothing is lost."""
+
+
+class Rejected(SyncEngineError):
+    """The server permanently refused a request or one operation (a 4xx other than 401/410/429).
+
+    Attributes:
+        code: the server's machine-readable code (``"not_found"``, ``"too_large"``, ...).
+        reason: the server's human-readable reason.
+        status: the HTTP status, when there was one.
+    """
+
+    def __init__(self, code: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.status = status
+
+
+class CursorExpired(SyncEngineError):
+    """The server no longer serves events from this cursor (410); a resync is needed."""

@@ -1,0 +1,1 @@
+"""The reference server: speaks the syncengine protocol (docs/protocol.md)."""
