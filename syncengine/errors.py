@@ -21,7 +21,7 @@ Foreign exceptions are translated at the layer that touches the foreign library
     │   └── RateLimited            429 (``retry_after`` seconds)
     ├── TLSVerificationFailed      the server's certificate did not verify (permanent)
     ├── AuthFailed                 401: credentials refused or token expired (log in again)
-    ├── Rejected                   a permanent 4xx for one request or operation (``code``, ``reason``)
+    ├── Rejected                   a permanent 4xx for one request or operation
     └── CursorExpired              410: the cursor is older than the server's retention
 """
 

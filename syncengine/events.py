@@ -19,6 +19,7 @@ import attrs
 from syncengine.models import ConnectionState, Message
 
 __all__ = [
+    "SERVER_EVENT_TYPES",
     "ConnectionStateChanged",
     "ConversationUpdated",
     "Discontinuity",
@@ -39,7 +40,6 @@ __all__ = [
     "TypingStopped",
     "UnknownEvent",
     "UserPresenceChanged",
-    "SERVER_EVENT_TYPES",
 ]
 
 

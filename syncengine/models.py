@@ -71,7 +71,7 @@ class OutboxState(enum.StrEnum):
 
 
 class ConnectionState(enum.StrEnum):
-    """The engine's connection state (transitions in ``syncengine.core.sync.CONNECTION_TRANSITIONS``)."""
+    """The engine's connection state (transitions: ``syncengine.core.sync``)."""
 
     OFFLINE = "offline"
     CONNECTING = "connecting"

@@ -196,9 +196,7 @@ def decode_event(obj: Any, *, where: str = "event") -> ServerEvent:
     cls = SERVER_EVENT_TYPES.get(kind)
     if cls is None:
         pos = obj.get("pos")
-        return UnknownEvent(
-            raw_type=kind, pos=pos if type(pos) is int else None, data=dict(obj)
-        )
+        return UnknownEvent(raw_type=kind, pos=pos if type(pos) is int else None, data=dict(obj))
     return structure(obj, cls, where=where)
 
 

@@ -1,0 +1,8 @@
+"""The local store: the only code that touches SQLite."""
+
+from __future__ import annotations
+
+from syncengine.store.db import move_aside
+from syncengine.store.store import MAX_BODY_CHARS, ApplyResult, Store
+
+__all__ = ["MAX_BODY_CHARS", "ApplyResult", "Store", "move_aside"]
