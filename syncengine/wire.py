@@ -67,6 +67,8 @@ class EventPage:
     events: tuple[ServerEvent, ...]
     next: int
     has_more: bool
+    #: Events that could not be decoded (raw JSON, error): quarantined, passed over.
+    bad: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -210,22 +212,35 @@ def decode_frame(data: str | bytes, *, limit: int = MAX_FRAME_BYTES) -> Any:
     return obj
 
 
-def decode_page(data: bytes | str) -> EventPage:
-    """Decode a ``GET /v1/events`` response body."""
+def decode_page(data: bytes | str, *, lenient: bool = True) -> EventPage:
+    """Decode a ``GET /v1/events`` response body.
+
+    With ``lenient`` (the default), an event that does not decode is returned in ``bad``
+    instead of failing the whole page; the page envelope itself is always strict.
+    """
     obj = decode_json(data, limit=MAX_PAGE_BYTES)
     if not isinstance(obj, dict):
         raise WireError("expected object", field="page")
     raw_events = obj.get("events")
     if not isinstance(raw_events, list):
         raise WireError("expected list", field="page.events")
-    events = tuple(decode_event(e, where=f"events[{i}]") for i, e in enumerate(raw_events))
+    events: list[ServerEvent] = []
+    bad: list[tuple[str, str]] = []
+    for i, raw in enumerate(raw_events):
+        try:
+            events.append(decode_event(raw, where=f"events[{i}]"))
+        except WireError as exc:
+            # One poison event must not block the stream: it is kept aside and skipped.
+            if not lenient:
+                raise
+            bad.append((orjson.dumps(raw).decode(), str(exc)))
     nxt = obj.get("next")
     more = obj.get("has_more")
     if type(nxt) is not int or nxt < 0:
         raise WireError("expected non-negative integer", field="page.next")
     if type(more) is not bool:
         raise WireError("expected boolean", field="page.has_more")
-    return EventPage(events=events, next=nxt, has_more=more)
+    return EventPage(events=tuple(events), next=nxt, has_more=more, bad=tuple(bad))
 
 
 def decode_op_results(data: bytes | str) -> list[OpResult]:

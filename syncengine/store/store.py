@@ -982,6 +982,27 @@ class Store:
                 echoes = []
         return [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
 
+    def message_by_op(self, op_id: str) -> Message | None:
+        """This user's message created by send operation ``op_id`` (echo or server copy)."""
+        with self._db.read() as c:
+            row = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
+                "LEFT JOIN message_patches p ON p.message_id = m.id "
+                "WHERE m.sender = ? AND m.op_id = ?",
+                (self.user, op_id),
+            ).fetchone()
+        return _message(row) if row else None
+
+    def due_count(self, now: float) -> int:
+        """How many PENDING operations are due for a push at ``now`` (cheap, read-only)."""
+        with self._db.read() as c:
+            row = c.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending' "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (now,),
+            ).fetchone()
+        return int(row[0])
+
     def message_count(self, conversation_id: str | None = None) -> int:
         with self._db.read() as c:
             if conversation_id is None:
