@@ -1,7 +1,116 @@
-"""syncengine: an offline-first messaging sync engine."""
+"""syncengine: an offline-first messaging sync engine.
+
+The public API::
+
+    from syncengine import SyncEngine, BlockingEngine
+"""
 
 from __future__ import annotations
 
+from syncengine.blocking import BlockingEngine
+from syncengine.engine import SyncEngine
+from syncengine.errors import (
+    AuthFailed,
+    CursorExpired,
+    NotFound,
+    RateLimited,
+    Rejected,
+    SchemaTooNew,
+    ServerUnavailable,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreLockHeld,
+    SyncEngineError,
+    TLSVerificationFailed,
+    TransportError,
+    UsageError,
+    WireError,
+)
+from syncengine.events import (
+    ConnectionStateChanged,
+    ConversationUpdated,
+    Discontinuity,
+    ErrorEvent,
+    MessageDeleted,
+    MessageFailed,
+    MessageQueued,
+    MessageReceived,
+    MessageSent,
+    MessageUpdated,
+    ReadReceipt,
+    SyncCompleted,
+    TypingStarted,
+    TypingStopped,
+    UnknownEvent,
+    UserPresenceChanged,
+)
+from syncengine.models import (
+    ConnectionState,
+    Conversation,
+    HistoryPage,
+    Message,
+    MessageState,
+    OpKind,
+    OutboxItem,
+    OutboxState,
+    Presence,
+    PresenceStatus,
+    SyncHealth,
+    Typing,
+    new_id,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AuthFailed",
+    "BlockingEngine",
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "Conversation",
+    "ConversationUpdated",
+    "CursorExpired",
+    "Discontinuity",
+    "ErrorEvent",
+    "HistoryPage",
+    "Message",
+    "MessageDeleted",
+    "MessageFailed",
+    "MessageQueued",
+    "MessageReceived",
+    "MessageSent",
+    "MessageState",
+    "MessageUpdated",
+    "NotFound",
+    "OpKind",
+    "OutboxItem",
+    "OutboxState",
+    "Presence",
+    "PresenceStatus",
+    "RateLimited",
+    "ReadReceipt",
+    "Rejected",
+    "SchemaTooNew",
+    "ServerUnavailable",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLockHeld",
+    "StoreLocked",
+    "SyncCompleted",
+    "SyncEngine",
+    "SyncEngineError",
+    "SyncHealth",
+    "TLSVerificationFailed",
+    "TransportError",
+    "Typing",
+    "TypingStarted",
+    "TypingStopped",
+    "UnknownEvent",
+    "UsageError",
+    "UserPresenceChanged",
+    "WireError",
+    "__version__",
+]
