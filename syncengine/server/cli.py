@@ -1,11 +1,220 @@
-"""``syncengine serve`` (placeholder until the reference server lands)."""
+"""``syncengine serve``: run the reference server (with simulated bots and faults, if asked)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
 import click
+import platformdirs
+
+from syncengine.logs import install_redaction
+from syncengine.server.config import FaultConfig, ServerConfig, is_loopback
+from syncengine.server.runner import ServerHandle
+from syncengine.server.state import ApiError
+
+__all__ = ["default_data_dir", "serve"]
 
 
-@click.command()
-def serve() -> None:
-    """Run the reference server."""
-    raise click.ClickException("the reference server is not built yet")
+def default_data_dir() -> Path:
+    """Where ``serve`` keeps its database unless ``--data`` says otherwise."""
+    return Path(platformdirs.user_data_dir("syncengine")) / "server"
+
+
+class _UsageError(click.ClickException):
+    """A usage error shown as one line (``Error: …``), with click's usage exit code."""
+
+    exit_code = 2
+
+
+class _OneLineErrors(click.Command):
+    """A command whose usage errors are one line on stderr (no usage block)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse as usual; turn a usage error into a one-line error."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _UsageError(exc.format_message()) from None
+
+
+def _load_users(path: Path) -> list[tuple[str, str]]:
+    """``name:password`` lines (blank lines and ``#`` comments are skipped)."""
+    users = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not name or not password:
+            raise click.ClickException(f"{path}:{number}: expected name:password")
+        users.append((name, password))
+    return users
+
+
+async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
+    handle = ServerHandle(config)
+    await handle.start()
+    try:
+        for name, password in users:
+            try:
+                await handle.core.set_password(name, password)
+            except ApiError as exc:
+                raise click.ClickException(f"--users: {name}: {exc.reason}") from None
+        click.echo(f"syncengine server listening on {handle.url}")
+        click.echo(
+            f"data: {config.data_dir}  registration: "
+            f"{'open' if config.registration_open else 'closed'}"
+            + (f"  simulating {config.simulate} bots" if config.simulate else "")
+        )
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        click.echo("stopping")
+    finally:
+        await handle.stop()
+
+
+@click.command(cls=_OneLineErrors)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    default=8765,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to bind (0 picks a free one).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory [default: the platform's user data dir/syncengine/server].",
+)
+@click.option(
+    "--retention",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep only the last N events (older cursors get 410).",
+)
+@click.option(
+    "--open-registration/--closed-registration",
+    default=None,
+    help="Create unknown users at their first login [default: open only on loopback].",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="File of name:password lines: users created (or reset) at startup.",
+)
+@click.option(
+    "--token-ttl",
+    type=click.FloatRange(min=1),
+    default=30 * 24 * 3600.0,
+    show_default=True,
+    help="Token lifetime in seconds.",
+)
+@click.option(
+    "--simulate", type=click.IntRange(min=0), default=0, help="Add N bots that chat (bot1..botN)."
+)
+@click.option(
+    "--simulate-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Actions per second of each bot.",
+)
+@click.option(
+    "--fault-5xx-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of REST requests answered 503 before they are handled.",
+)
+@click.option(
+    "--fault-lost-ack-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of REST requests handled but answered 503 (lost acknowledgement).",
+)
+@click.option(
+    "--fault-delay-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Latency added to every REST request.",
+)
+@click.option(
+    "--fault-drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Probability, per live frame, of dropping the connection instead.",
+)
+@click.option("--fault-seed", type=int, default=None, help="Seed of the fault generator.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    retention: int | None,
+    open_registration: bool | None,
+    users_file: Path | None,
+    token_ttl: float,
+    simulate: int,
+    simulate_rate: float,
+    fault_5xx_rate: float,
+    fault_lost_ack_rate: float,
+    fault_delay_ms: float,
+    fault_drop_rate: float,
+    fault_seed: int | None,
+    log_level: str,
+) -> None:
+    """Run the reference server (Ctrl-C or SIGTERM stops it cleanly)."""
+    if open_registration and not is_loopback(host):
+        click.echo(
+            f"warning: open registration on {host}: anyone who can reach it can create users",
+            err=True,
+        )
+    try:
+        faults = FaultConfig(
+            error_rate=fault_5xx_rate,
+            lost_ack_rate=fault_lost_ack_rate,
+            delay_ms=fault_delay_ms,
+            drop_rate=fault_drop_rate,
+            seed=fault_seed,
+        )
+        config = ServerConfig(
+            data_dir=data_dir or default_data_dir(),
+            host=host,
+            port=port,
+            retention=retention,
+            open_registration=open_registration,
+            token_ttl_s=token_ttl,
+            simulate=simulate,
+            simulate_rate=simulate_rate,
+            faults=faults,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    users = _load_users(users_file) if users_file is not None else []
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    install_redaction()
+    try:
+        asyncio.run(_serve(config, users))
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
