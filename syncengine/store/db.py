@@ -127,16 +127,28 @@ class StoreDB:
         secure_file(self.path)  # -wal and -shm now exist: make sure of their modes too
 
     def _migrate(self) -> None:
+        # Look first, without the write lock: a store that is up to date (every open but the
+        # first after an upgrade) must open while another process writes (G6: the CLI reads
+        # beside the daemon), and a newer schema is refused without any write attempted.
+        with self.read():
+            applied = self._applied()
+        if len(applied) == len(SCHEMA_NAMES):
+            return
         with self.write():
             MIGRATIONS.ensure_migrations_table(self.db)
-            applied = [m.name for m in MIGRATIONS.applied(self.db)]
-            unknown = [name for name in applied if name not in SCHEMA_NAMES]
-            if unknown:
-                raise SchemaTooNew(
-                    f"{self.path} was written by a newer syncengine (schema {unknown[-1]}); "
-                    "upgrade syncengine to open it"
-                )
+            self._applied()  # again, under the lock: another process may have migrated
             MIGRATIONS.apply(self.db)
+
+    def _applied(self) -> list[str]:
+        """Names of the applied migrations; SchemaTooNew if one is unknown to this version."""
+        applied = [m.name for m in MIGRATIONS.applied(self.db)]
+        unknown = [name for name in applied if name not in SCHEMA_NAMES]
+        if unknown:
+            raise SchemaTooNew(
+                f"{self.path} was written by a newer syncengine (schema {unknown[-1]}); "
+                "upgrade syncengine to open it"
+            )
+        return applied
 
     @property
     def schema(self) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -241,9 +241,20 @@ class Store:
             NotFound: the conversation or target message is not in the store.
             StoreError: the write failed; nothing was queued.
         """
-        kind = OpKind(kind)
+        try:
+            kind = OpKind(kind)
+        except ValueError:
+            raise UsageError(
+                f"unknown operation kind {kind!r}; expected one of "
+                f"{', '.join(k.value for k in OpKind)}"
+            ) from None
+        if payload is not None and not isinstance(payload, Mapping):
+            raise UsageError("payload must be a mapping of field names to values")
         payload = dict(payload or {})
+        if op_id is not None and not isinstance(op_id, str):
+            raise UsageError("op_id must be a string")
         op_id = op_id or new_id(self._clock())
+        _check_text(op_id, "op_id")
         _validate(kind, conversation_id, payload)
         if not self.user:
             raise UsageError("the store has no account: log in first")
@@ -867,8 +878,15 @@ class Store:
     def apply_presence(
         self, user: str, status: str, *, ts_ms: int, last_seen_ms: int | None = None
     ) -> bool:
-        """Record a presence change, ordered by the server's ``ts_ms``. True when it changed."""
-        status = PresenceStatus(status).value
+        """Record a presence change, ordered by the server's ``ts_ms``. True when it changed.
+
+        Raises:
+            UsageError: ``status`` is not one of :class:`PresenceStatus`.
+        """
+        try:
+            status = PresenceStatus(status).value
+        except ValueError:
+            raise UsageError(f"unknown presence status {status!r}") from None
         last_seen = last_seen_ms / 1000 if last_seen_ms is not None else None
         with self._db.write() as c:
             cur = c.execute(
@@ -1064,9 +1082,22 @@ def _result_dict(result: OpResult) -> dict[str, Any]:
     return {k: v for k, v in attrs.asdict(result).items() if v is not None}
 
 
+_MAX_SQL_INT = (1 << 63) - 1
+
+
+def _check_text(value: str, what: str) -> None:
+    # SQLite and the wire need valid UTF-8: a lone surrogate would fail deep inside the
+    # write (UnicodeEncodeError from sqlite3, JSONEncodeError from orjson) instead of here.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid text (lone surrogate)") from None
+
+
 def _validate(kind: OpKind, conversation_id: str, payload: dict[str, Any]) -> None:
     if not isinstance(conversation_id, str) or not conversation_id:
         raise UsageError("conversation_id must be a non-empty string")
+    _check_text(conversation_id, "conversation_id")
     if kind in (OpKind.SEND, OpKind.EDIT):
         body = payload.get("body")
         if not isinstance(body, str) or not body.strip():
@@ -1083,8 +1114,8 @@ def _validate(kind: OpKind, conversation_id: str, payload: dict[str, Any]) -> No
         raise UsageError("edit and delete need message_id or target_op_id")
     if kind is OpKind.MARK_READ:
         seq = payload.get("seq")
-        if type(seq) is not int or seq < 0:
-            raise UsageError("seq must be a non-negative integer")
+        if type(seq) is not int or not 0 <= seq <= _MAX_SQL_INT:
+            raise UsageError("seq must be a non-negative 64-bit integer")
     if kind is OpKind.CREATE_CONVERSATION:
         title = payload.get("title")
         if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE_CHARS:
@@ -1092,3 +1123,9 @@ def _validate(kind: OpKind, conversation_id: str, payload: dict[str, Any]) -> No
         members = payload.get("members", [])
         if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
             raise UsageError("members must be a list of user names")
+    try:
+        # The payload travels as JSON: refuse what cannot (sets, objects, lone surrogates in
+        # any string, integers beyond 64 bits) before anything is written.
+        orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise UsageError(f"payload cannot be sent: {exc}") from None
