@@ -52,6 +52,7 @@ from syncengine.errors import (
 )
 from syncengine.events import (
     ConnectionStateChanged,
+    ConversationUpdated,
     Discontinuity,
     DurableEvent,
     Event,
@@ -183,6 +184,7 @@ class SyncEngine:
         self._bad_frames = 0
         self._dropped_events = 0
         self._pull_requested = False
+        self._presence_stale = False
         self._last_error: str | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -607,6 +609,9 @@ class SyncEngine:
             if isinstance(ev, DurableEvent):
                 if ev.pos in seen:
                     continue
+                if isinstance(ev, ConversationUpdated):
+                    # New contacts: their current presence is only in the snapshot.
+                    self._presence_stale = True
                 seen[ev.pos] = None
                 if len(seen) > _SEEN_POS_MAX:
                     seen.popitem(last=False)
@@ -643,9 +648,7 @@ class SyncEngine:
         except TimeoutError:
             return False
 
-    async def wait_for_state(
-        self, state: ConnectionState, timeout: float | None = None
-    ) -> bool:
+    async def wait_for_state(self, state: ConnectionState, timeout: float | None = None) -> bool:
         """Wait until the connection reaches ``state``. False on timeout."""
         try:
             async with asyncio.timeout(timeout):
@@ -744,6 +747,7 @@ class SyncEngine:
             await self._catch_up()
             if link is not None and self._presence_status:
                 await link.send_presence(self._presence_status)
+            await self._refresh_presence(transport)
             self._set_state(ConnectionState.LIVE, self._mode)
             self._policy.reset()
             await self._live_loop(transport, queue, tasks)
@@ -767,6 +771,24 @@ class SyncEngine:
                 with contextlib.suppress(StoreError):
                     self._store.clear_typing()  # a lost stop must not stick (pitfall 7)
                     self._store.recover_sending()
+
+    async def _refresh_presence(self, transport: Transport) -> None:
+        """Apply the server's presence snapshot (live changes only cover what happens next)."""
+        store = self.store
+        for item in await transport.presence():
+            user, status, ts_ms = item.get("user"), item.get("status"), item.get("ts_ms", 0)
+            last_seen = item.get("last_seen_ms")
+            if not isinstance(user, str) or type(ts_ms) is not int:
+                continue
+            try:
+                store.apply_presence(
+                    user,
+                    str(status),
+                    ts_ms=ts_ms,
+                    last_seen_ms=last_seen if type(last_seen) is int else None,
+                )
+            except ValueError:
+                log.info("ignored presence with unknown status %r", status)
 
     def _attach_link(
         self, link: LiveLink, queue: asyncio.Queue[ServerEvent], tasks: list[asyncio.Task[Any]]
@@ -807,6 +829,9 @@ class SyncEngine:
                 self._pull_requested = False
                 await self._catch_up()
                 next_pull = loop.time() + interval
+            if self._presence_stale:
+                self._presence_stale = False
+                await self._refresh_presence(transport)
             for cid, frame in self._throttle.tick(time.monotonic()):
                 await self._send_live(lambda link, c=cid, f=frame: link.send_typing(c, f))
             if self._link is None and self._use_live and loop.time() >= next_live_try:
@@ -1042,4 +1067,3 @@ def _default_device() -> str:
     import socket
 
     return f"{socket.gethostname()[:40]}-{new_id()[-8:]}"
-
