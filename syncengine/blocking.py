@@ -207,3 +207,18 @@ class BlockingEngine:
                     return
         finally:
             self._loop.call_soon_threadsafe(unsubscribe) if self._loop else unsubscribe()
+
+
+def _inherit_docs() -> None:
+    # Each blocking method documents itself with its async counterpart's docstring, so the
+    # two APIs cannot drift apart in their documentation.
+    for name, member in list(vars(BlockingEngine).items()):
+        target = getattr(SyncEngine, name, None)
+        if name.startswith("_") or target is None:
+            continue
+        func = member.fget if isinstance(member, property) else member
+        if callable(func) and not (func.__doc__ or "").strip():
+            func.__doc__ = f"Blocking form of ``SyncEngine.{name}``.\n\n{target.__doc__ or ''}"
+
+
+_inherit_docs()

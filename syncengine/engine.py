@@ -524,7 +524,10 @@ class SyncEngine:
             raise NotFound(f"no conversation {conversation_id} in the store")
         frame = self._throttle.update(conversation_id, typing, time.monotonic())
         if frame is not None:
-            await self._send_live(lambda link: link.send_typing(conversation_id, frame))
+            await self._send_typing(conversation_id, frame)
+
+    async def _send_typing(self, conversation_id: str, frame: bool) -> None:
+        await self._send_live(lambda link: link.send_typing(conversation_id, frame))
 
     async def set_presence(self, status: PresenceStatus | str) -> None:
         """Set this user's presence (``online`` or ``away``); re-sent after reconnects."""
@@ -833,7 +836,7 @@ class SyncEngine:
                 self._presence_stale = False
                 await self._refresh_presence(transport)
             for cid, frame in self._throttle.tick(time.monotonic()):
-                await self._send_live(lambda link, c=cid, f=frame: link.send_typing(c, f))
+                await self._send_typing(cid, frame)
             if self._link is None and self._use_live and loop.time() >= next_live_try:
                 next_live_try = loop.time() + max(self._poll_interval_s * 6, 30.0)
                 try:

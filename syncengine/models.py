@@ -82,6 +82,8 @@ class ConnectionState(enum.StrEnum):
 
 
 class PresenceStatus(enum.StrEnum):
+    """A user's presence as the server reports it (``offline`` is set only by the server)."""
+
     ONLINE = "online"
     AWAY = "away"
     OFFLINE = "offline"

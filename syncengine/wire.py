@@ -149,7 +149,7 @@ _fast: cattrs.Converter = _make_converter(detailed=False)
 def _field_path(exc: BaseException) -> tuple[str, str]:
     """First offending field path and message from a cattrs validation error."""
     try:
-        messages = cattrs.transform_error(exc)  # type: ignore[arg-type]
+        messages = cattrs.transform_error(exc)
     except Exception:  # pragma: no cover - defensive: never let error reporting crash
         messages = [str(exc)]
     first = messages[0] if messages else str(exc)
