@@ -1,0 +1,491 @@
+"""``syncengine demo``: two users chat live, one goes offline and comes back, and they converge.
+
+Everything runs on embedded defaults: the reference server on its own thread
+(:class:`~syncengine.server.testing.ServerThread`, 127.0.0.1, a free port), two stores in a
+temporary folder, and two :class:`~syncengine.engine.SyncEngine` instances (alice and bob) in
+one asyncio program. The script:
+
+1. both log in; alice creates a conversation with bob;
+2. they chat live, each message preceded by a typing indicator; presence is shown;
+3. bob goes offline (his engine is closed) and keeps writing: his messages are queued in his
+   outbox; alice writes meanwhile;
+4. bob comes back: his outbox is pushed, catch-up pulls what he missed;
+5. the verdict: alice's store, bob's store and the server hold the same messages — compared
+   as ``(message id, seq, sender, body)`` lists — each once, in the same order.
+
+The exit status is 0 only when the verdict holds. Interactive terminals get a live view;
+otherwise the story is printed as plain lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from syncengine.engine import SyncEngine
+from syncengine.models import ConnectionState
+
+__all__ = ["DemoResult", "run_demo"]
+
+#: Engine settings for a demo on loopback: quick reconnects and heartbeats.
+_ENGINE = {
+    "backoff_base_s": 0.05,
+    "backoff_cap_s": 0.5,
+    "heartbeat_interval_s": 0.5,
+    "heartbeat_timeout_s": 1.0,
+    "safety_pull_s": 5.0,
+    "request_timeout_s": 5.0,
+}
+
+_LINES = (
+    "Hi! Are you around?",
+    "Yes, just got in.",
+    "Lunch at noon?",
+    "Sure, the usual place?",
+    "Works for me.",
+    "I'll book a table.",
+    "On the train now, signal is patchy.",
+    "No rush, we'll wait.",
+    "Did you see the release notes?",
+    "Reading them now.",
+    "The offline mode is great.",
+    "Nothing got lost, nothing doubled.",
+)
+
+Key = tuple[str | None, int | None, str, str]
+
+
+@attrs.define
+class DemoResult:
+    """What the demo measured.
+
+    Attributes:
+        ok: the verdict: both stores equal the server's messages, each once, same order.
+        messages: messages the users wrote.
+        on_server: messages the server holds for the conversation.
+        duplicated: messages held more than once (by id) in any of the three lists.
+        lost: messages written but missing on the server.
+        converge_s: seconds from bob's reconnection to convergence.
+        total_s: seconds the whole demo took.
+        peak_pending: the most operations bob had queued while offline.
+        stores: the two store paths.
+    """
+
+    ok: bool
+    messages: int
+    on_server: int
+    duplicated: int
+    lost: int
+    converge_s: float | None
+    total_s: float
+    peak_pending: int
+    stores: dict[str, Path]
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+class _PlainView:
+    """One line per step, for logs and pipes."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self._t0:5.2f}s] {text}", flush=True)
+
+    def chat(self, sender: str, body: str, note: str = "") -> None:
+        self.say(f"  {sender}: {body}{f'  ({note})' if note else ''}")
+
+    def refresh(self, demo: _Demo) -> None:
+        del demo
+
+    def close(self) -> None:
+        pass
+
+
+class _RichView(_PlainView):
+    """A live two-pane view of both users' stores, with the story below it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.live import Live
+
+        self._console = Console(highlight=False)
+        self._story: list[str] = []
+        self._live = Live(console=self._console, refresh_per_second=12, transient=False)
+        self._live.start()
+
+    def say(self, text: str) -> None:
+        self._story.append(f"[{time.monotonic() - self._t0:5.2f}s] {text}")
+        del self._story[:-8]
+
+    def chat(self, sender: str, body: str, note: str = "") -> None:
+        del sender, body, note  # the panes show the messages themselves
+
+    def refresh(self, demo: _Demo) -> None:
+        from rich.columns import Columns
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.text import Text
+
+        panes = [Panel(self._pane(demo, name), title=name, width=56) for name in ("alice", "bob")]
+        story = Text("\n".join(self._story), style="dim")
+        self._live.update(Group(Columns(panes), story))
+
+    def _pane(self, demo: _Demo, name: str) -> Any:
+        from rich.text import Text
+
+        engine = demo.engines.get(name)
+        text = Text()
+        if engine is None or demo.conversation_id is None:
+            text.append("offline (engine closed)\n" if engine is None else "starting…\n")
+            return text
+        store = engine.store
+        health = store.health()
+        state = engine.state.value if demo.connected.get(name) else "offline"
+        colour = {"live": "green", "offline": "red"}.get(state, "yellow")
+        text.append("state ", style="bold")
+        text.append(state, style=colour)
+        text.append(f"   pending {health.pending}\n", style="yellow" if health.pending else "")
+        other = "bob" if name == "alice" else "alice"
+        presence = store.presence(other)
+        text.append(f"{other} is {presence.status.value if presence else 'unknown'}\n")
+        for msg in store.messages(demo.conversation_id, limit=10):
+            mark = " …" if msg.seq is None else ""
+            text.append(f"{msg.sender}: ", style="bold")
+            text.append(f"{msg.body}{mark}\n", style="yellow" if msg.seq is None else "")
+        typing = store.typing(demo.conversation_id)
+        if typing:
+            text.append(f"{', '.join(t.user for t in typing)} is typing…\n", style="italic")
+        return text
+
+    def close(self) -> None:
+        self._live.stop()  # the last frame stays on screen, story included
+
+
+# --- the play ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Demo:
+    workdir: Path
+    server_url: str
+    view: _PlainView
+    rng: random.Random
+    engines: dict[str, SyncEngine] = attrs.field(factory=dict)
+    connected: dict[str, bool] = attrs.field(factory=dict)
+    conversation_id: str | None = None
+    sent: int = 0
+    peak_pending: int = 0
+    line_no: int | None = None
+
+    def db(self, name: str) -> Path:
+        return self.workdir / f"{name}.db"
+
+    async def open(self, name: str, *, connect: bool) -> SyncEngine:
+        engine = SyncEngine(self.db(name), connect=connect, **_ENGINE)
+        await engine.open()
+        self.engines[name] = engine
+        self.connected[name] = connect
+        return engine
+
+    async def close(self, name: str) -> None:
+        engine = self.engines.pop(name, None)
+        self.connected.pop(name, None)
+        if engine is not None:
+            await engine.close()
+
+    async def close_all(self) -> None:
+        for name in list(self.engines):
+            await self.close(name)
+
+    def line(self) -> str:
+        # The lines are a dialogue: play them in order, from a random starting point.
+        if self.line_no is None:
+            self.line_no = self.rng.randrange(len(_LINES))
+        self.line_no += 1
+        return _LINES[self.line_no % len(_LINES)]
+
+    async def say(self, name: str, body: str, *, typing: float) -> str:
+        """``name`` types for ``typing`` seconds, then sends; returns the op id."""
+        engine = self.engines[name]
+        assert self.conversation_id is not None
+        if typing > 0 and self.connected.get(name):
+            await engine.set_typing(self.conversation_id, True)
+            await asyncio.sleep(typing)
+        message = await engine.send(self.conversation_id, body)
+        if typing > 0 and self.connected.get(name):
+            await engine.set_typing(self.conversation_id, False)
+        self.sent += 1
+        pending = engine.store.health().pending
+        self.peak_pending = max(self.peak_pending, pending) if name == "bob" else self.peak_pending
+        note = "" if self.connected.get(name) else f"queued, {pending} pending"
+        self.view.chat(name, body, note)
+        assert message.op_id is not None
+        return message.op_id
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    """Wait until ``predicate()`` is true (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise _DemoFailed(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class _DemoFailed(Exception):
+    """A step did not happen in time."""
+
+
+def _store_keys(engine: SyncEngine, cid: str, limit: int) -> list[Key]:
+    return [(m.id, m.seq, m.sender, m.body) for m in engine.store.messages(cid, limit=limit)]
+
+
+def _server_keys(server: Any, cid: str) -> list[Key]:
+    return [
+        (m["message_id"], m["seq"], m["sender"], m["body"]) for m in server.state.all_messages(cid)
+    ]
+
+
+async def _refresher(demo: _Demo) -> None:
+    while True:
+        with contextlib.suppress(Exception):  # a pane read racing a close is redrawn next tick
+            demo.view.refresh(demo)
+        await asyncio.sleep(0.08)
+
+
+async def _play(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
+    started = time.monotonic()
+    view = demo.view
+    n_live = max(2, n_messages // 3)
+    n_bob_offline = max(1, (n_messages - n_live) // 2)
+    n_alice_offline = n_messages - n_live - n_bob_offline
+    # Pace: human-looking for small runs, quick for big ones (the whole demo stays short);
+    # slower when someone watches the live view.
+    slow = 2.5 if isinstance(view, _RichView) else 1.0
+    typing = min(0.25, 2.0 / n_messages) * slow
+    gap = min(0.08, 1.0 / n_messages) * slow
+
+    view.say(f"reference server on {demo.server_url}; stores in {demo.workdir}")
+    alice = await demo.open("alice", connect=True)
+    bob = await demo.open("bob", connect=True)
+    await alice.login(demo.server_url, "alice", "alice-demo-password", device="demo-laptop")
+    await bob.login(demo.server_url, "bob", "bob-demo-password", device="demo-phone")
+    for name, engine in (("alice", alice), ("bob", bob)):
+        if not await engine.wait_for_state(ConnectionState.LIVE, timeout=10):
+            raise _DemoFailed(f"{name} did not connect")
+        await engine.set_presence("online")
+    view.say("alice and bob are logged in and live")
+
+    conv = await alice.create_conversation("Lunch plans", members=["bob"])
+    demo.conversation_id = cid = conv.id
+    await _until(lambda: bob.store.has_conversation(cid), 10, "bob to see the conversation")
+    view.say(f"alice created the conversation 'Lunch plans' with bob ({cid})")
+
+    view.say(f"live chat: {n_live} messages, with typing indicators")
+    for i in range(n_live):
+        sender, receiver = ("alice", "bob") if i % 2 == 0 else ("bob", "alice")
+        op_id = await demo.say(sender, demo.line(), typing=typing)
+        recv = demo.engines[receiver]
+        send = demo.engines[sender]
+        await _until(
+            lambda op=op_id, s=send, r=recv: (
+                (m := s.store.message_by_op(op)) is not None
+                and m.id is not None
+                and any(x.id == m.id for x in r.store.messages(cid, limit=5))
+            ),
+            10,
+            f"{receiver} to receive a message",
+        )
+
+    view.say("bob goes offline (his engine stops) and keeps writing")
+    await demo.close("bob")
+    bob = await demo.open("bob", connect=False)
+    for i in range(max(n_bob_offline, n_alice_offline)):
+        if i < n_bob_offline:
+            await demo.say("bob", demo.line(), typing=0)
+        if i < n_alice_offline:
+            await demo.say("alice", demo.line(), typing=typing / 2)
+        await asyncio.sleep(gap)
+    await alice.wait_for_pending(timeout=10)
+    await _until(
+        lambda: (p := alice.store.presence("bob")) is not None and p.status.value == "offline",
+        5,
+        "alice to see bob offline",
+    )
+    view.say(
+        f"alice sees bob offline; bob has {bob.store.health().pending} messages queued, "
+        f"alice's {n_alice_offline} are on the server"
+    )
+
+    view.say("bob is back: his outbox flushes, catch-up pulls what he missed")
+    await demo.close("bob")
+    reconnect = time.monotonic()
+    bob = await demo.open("bob", connect=True)
+    await bob.set_presence("online")
+    limit = n_messages + 50
+    try:
+        await _until(
+            lambda: (
+                _store_keys(alice, cid, limit)
+                == _store_keys(bob, cid, limit)
+                == _server_keys(server, cid)
+                and len(_server_keys(server, cid)) >= n_messages
+            ),
+            30,
+            "the stores to converge",
+        )
+        converge_s: float | None = time.monotonic() - reconnect
+    except _DemoFailed:
+        converge_s = None
+
+    a, b, s = (
+        _store_keys(alice, cid, limit),
+        _store_keys(bob, cid, limit),
+        _server_keys(server, cid),
+    )
+    duplicated = sum(len(keys) - len({k[0] for k in keys}) for keys in (a, b, s))
+    lost = max(0, n_messages - len(s))
+    ok = (
+        converge_s is not None
+        and a == b == s
+        and duplicated == 0
+        and lost == 0
+        and len(s) == n_messages
+        and all(k[0] is not None for k in a)
+    )
+    return DemoResult(
+        ok=ok,
+        messages=demo.sent,
+        on_server=len(s),
+        duplicated=duplicated,
+        lost=lost,
+        converge_s=converge_s,
+        total_s=time.monotonic() - started,
+        peak_pending=demo.peak_pending,
+        stores={name: demo.db(name) for name in ("alice", "bob")},
+    )
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Library warnings (a closed socket while bob goes offline) would tear the view."""
+    names = ("syncengine", "websockets", "httpx", "httpcore", "uvicorn", "stamina")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+async def _main(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
+    refresher = asyncio.create_task(_refresher(demo))
+    try:
+        return await _play(demo, server, n_messages)
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        with contextlib.suppress(Exception):
+            demo.view.refresh(demo)
+        await demo.close_all()
+
+
+def run_demo(
+    *,
+    n_messages: int = 24,
+    keep: bool = False,
+    seed: int | None = None,
+    interactive: bool | None = None,
+) -> int:
+    """Run the demo; returns the exit status (0 only when the verdict holds).
+
+    Args:
+        n_messages: messages written in all (at least 4).
+        keep: keep the stores and print their ``--db`` paths.
+        seed: seed of the message choices.
+        interactive: force the live view on or off (default: when stdout is a terminal).
+    """
+    from syncengine.server.config import ServerConfig
+    from syncengine.server.testing import ServerThread
+
+    if interactive is None:
+        interactive = sys.stdout.isatty()
+    workdir = Path(tempfile.mkdtemp(prefix="syncengine-demo-"))
+    config = ServerConfig(
+        data_dir=workdir / "server",
+        host="127.0.0.1",
+        port=0,
+        # The demo shows bob's presence dropping: a short leave debounce, not the usual 10 s.
+        presence_leave_s=0.5,
+        shutdown_timeout_s=1.0,
+    )
+    result: DemoResult | None = None
+    error: str | None = None
+    with _quiet_logs():
+        server = ServerThread(config).start()
+        view: _PlainView = _RichView() if interactive else _PlainView()
+        demo = _Demo(workdir=workdir, server_url=server.url, view=view, rng=random.Random(seed))
+        try:
+            result = asyncio.run(_main(demo, server, n_messages))
+        except _DemoFailed as exc:
+            error = str(exc)
+        except KeyboardInterrupt:
+            error = "interrupted"
+        finally:
+            view.close()
+            server.stop()
+    try:
+        return _report(result, error, keep=keep)
+    finally:
+        if keep:
+            shutil.rmtree(workdir / "server", ignore_errors=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(result: DemoResult | None, error: str | None, *, keep: bool) -> int:
+    if result is None:
+        print(f"verdict: FAILED - {error}", flush=True)
+        return 1
+    figures = (
+        f"{result.messages} messages written, {result.on_server} on the server, "
+        f"lost {result.lost}, duplicated {result.duplicated}, "
+        f"bob's outbox peaked at {result.peak_pending}, "
+        + (
+            f"converged {result.converge_s:.2f} s after bob reconnected"
+            if result.converge_s is not None
+            else "did not converge"
+        )
+        + f", {result.total_s:.1f} s in all"
+    )
+    if result.ok:
+        print(
+            "verdict: CONVERGED - alice's store, bob's store and the server hold the same "
+            f"{result.on_server} messages, each once, in the same order",
+            flush=True,
+        )
+    else:
+        print("verdict: DIVERGED - the stores do not match the server", flush=True)
+    print(f"figures: {figures}", flush=True)
+    if keep:
+        for name, path in result.stores.items():
+            print(f"kept {name}'s store: syncengine --db {path} messages ...", flush=True)
+    return 0 if result.ok else 1
