@@ -31,7 +31,7 @@ _SECRET_KEYS = r"(?:access_token|refresh_token|token|password|authorization)"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Bearer credentials, wherever they appear (headers, reprs of header lists).
-    (re.compile(r"(?i)(\bbearer\s+)[^\s'\",;)\]}]+"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)(\bbearer\s+)(?!\[redacted\])[^\s'\",;)\]}]+"), rf"\1{REDACTED}"),
     # "token": "value" / 'token': 'value' / b'token': b'value' (JSON and Python reprs).
     (
         re.compile(rf"(?i)([\"']{_SECRET_KEYS}[\"']\s*:\s*b?)([\"'])(?:\\.|(?!\2).)*(\2|$)"),

@@ -149,7 +149,7 @@ class ServerCore:
             "token": token,
             "user": user,
             "device": device,
-            "expires_in_s": int(self.config.token_ttl_s),
+            "expires_in_s": math.ceil(self.config.token_ttl_s),
         }
 
 

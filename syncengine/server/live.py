@@ -295,8 +295,12 @@ class Hub:
         for user in users:
             presence = self._presence.get(user)
             if presence is None:
-                out.append({"user": user, "status": "offline", "last_seen_ms": stored[user]})
+                out.append(
+                    {"user": user, "status": "offline", "last_seen_ms": stored[user], "ts_ms": now}
+                )
             else:
                 seen = now if presence.status != "offline" else presence.last_seen_ms
-                out.append({"user": user, "status": presence.status, "last_seen_ms": seen})
+                out.append(
+                    {"user": user, "status": presence.status, "last_seen_ms": seen, "ts_ms": now}
+                )
         return out
