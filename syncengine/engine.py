@@ -166,6 +166,8 @@ class SyncEngine:
         self._policy = RetryPolicy(
             base=backoff_base_s, cap=backoff_cap_s, on_backoff=self._on_backoff
         )
+        # Retries of single requests while the session stays up (a failed push or pull).
+        self._op_policy = RetryPolicy(base=backoff_base_s, cap=backoff_cap_s)
 
         self._store: Store | None = None
         self._transport: Transport | None = None
@@ -813,6 +815,7 @@ class SyncEngine:
         interval = self._safety_pull_s if self._link is not None else self._poll_interval_s
         next_pull = loop.time() + interval
         next_live_try = loop.time() + max(self._poll_interval_s * 6, 30.0)
+        pull_blocked_until = 0.0
         while True:
             timeout = min(0.25, max(0.0, next_pull - loop.time()))
             waiter = loop.create_task(self._wake.wait())
@@ -828,10 +831,18 @@ class SyncEngine:
             store = self.store
             if store.due_count(time.time()):
                 await self._push_all()
-            if self._core.gaps or self._pull_requested or loop.time() >= next_pull:
+            urgent = self._core.gaps or self._pull_requested
+            if (urgent and loop.time() >= pull_blocked_until) or loop.time() >= next_pull:
                 self._pull_requested = False
-                await self._catch_up()
-                next_pull = loop.time() + interval
+                try:
+                    await self._catch_up()
+                    next_pull = loop.time() + interval
+                except TransportError as exc:
+                    if self._link is None:
+                        raise  # polling: REST is the only channel, so the session is down
+                    # The live link is up: retry the pull on a timer instead of tearing it down.
+                    next_pull = pull_blocked_until = loop.time() + self._op_policy.delay(exc)
+                    log.info("pull failed while live, retrying: %s", exc)
             if self._presence_stale:
                 self._presence_stale = False
                 await self._refresh_presence(transport)
@@ -972,12 +983,24 @@ class SyncEngine:
                 return a, True
             b, stop_b = await self._push_items(transport, items[mid:])
             return a + b, stop_b
-        except BaseException as exc:
-            # Transient failure, auth failure or cancellation: the items go back to PENDING
-            # with the same op ids; the server deduplicates the replay (G2).
+        except TransportError as exc:
+            # Transient: the items go back to PENDING with the same op ids; the server
+            # deduplicates the replay (G2). While the live link is healthy, a failed push
+            # does not tear it down: the items are retried on a timer (pitfall 3), and a
+            # live echo may confirm them first.
+            if self.state is ConnectionState.LIVE and self._link is not None:
+                delay = self._op_policy.delay(exc)
+                store.mark_retry(ids, f"{type(exc).__name__}: {exc}", time.time() + delay)
+                return 0, True
             with contextlib.suppress(StoreError):
                 store.mark_retry(ids, f"{type(exc).__name__}: {exc}", time.time())
             raise
+        except BaseException as exc:
+            # Auth failure or cancellation: back to PENDING, replayed later (G2).
+            with contextlib.suppress(StoreError):
+                store.mark_retry(ids, f"{type(exc).__name__}: {exc}", time.time())
+            raise
+        self._op_policy.reset()
         outcome = self._core.receive_push_results(items, results)
         by_id = {i.op_id: i for i in items}
         for res in outcome.sent:
