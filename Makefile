@@ -23,7 +23,7 @@ bench-smoke:
 	$(PY) bench/run_all.py --smoke
 
 docs:
-	$(PY) -m mkdocs build --strict
+	$(PY) -m mkdocs build --strict --site-dir site
 
 demo:
 	.venv/bin/syncengine demo
