@@ -212,7 +212,10 @@ class SyncEngine:
         store = self._store
         self._core.cursor = store.cursor()
         self._core.known_seq = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
-        store.set_state(ConnectionState.OFFLINE)
+        if self._connect:
+            # Only a syncing engine records the state that `syncengine status` shows; a
+            # one-shot engine (the CLI) must not overwrite the daemon's.
+            store.set_state(ConnectionState.OFFLINE)
         token = self._load_token()
         server = self._server_override or store.get_meta("server")
         if token and server:
@@ -234,7 +237,9 @@ class SyncEngine:
             self._transport = None
         if self._store is not None:
             with contextlib.suppress(StoreError):
-                self._store.recover_sending()
+                if self._connect:
+                    # Only the syncing process owns SENDING rows (one writer per store: G6).
+                    self._store.recover_sending()
                 self._set_state(ConnectionState.OFFLINE, "closed")
             self._store.close()
             self._store = None
@@ -677,7 +682,7 @@ class SyncEngine:
         if change is None:
             return
         log.info("connection %s -> %s (%s)", change.old.value, change.new.value, change.reason)
-        if self._store is not None:
+        if self._store is not None and self._connect:
             with contextlib.suppress(StoreError):
                 self._store.set_state(new)
         self._emit(change)
