@@ -66,6 +66,7 @@ from syncengine.events import (
     UnknownEvent,
     UserPresenceChanged,
 )
+from syncengine.logs import install_redaction
 from syncengine.models import (
     ConnectionState,
     Conversation,
@@ -208,6 +209,9 @@ class SyncEngine:
         """
         if self._store is not None:
             return
+        # websockets logs frames at DEBUG (the first one carries the token): make sure no
+        # record in this process can carry it (G8, pitfall 12).
+        install_redaction()
         self._store = Store(self.db_path)
         store = self._store
         self._core.cursor = store.cursor()
