@@ -312,7 +312,7 @@ def _read_password() -> str:
     env = os.environ.get("SYNCENGINE_PASSWORD")
     if env:
         return env
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     if stdin.isatty():
         return str(click.prompt("Password", hide_input=True, err=True))
     line = stdin.readline()
@@ -671,6 +671,9 @@ async def _sync_with_lock(
     with Store(db) as store:
         _require_login(store, db)
         options = engine_options(store)
+        # The caller holds the single-writer lock: a SENDING row was left by a process that
+        # died mid-push; replay it now rather than after its lease runs out.
+        store.recover_sending()
     engine = SyncEngine(db, connect=False, request_timeout_s=min(10.0, timeout), **options)
     async with engine:
         ticker = None

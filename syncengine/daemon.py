@@ -140,7 +140,7 @@ class StoreLock:
             self._lock.acquire(timeout=timeout)
         except filelock.Timeout:
             pid = _read_pid(self.pid_file)
-            who = f"pid {pid}" if pid is not None else "another process"
+            who = f"another process (pid {pid})" if pid is not None else "another process"
             raise StoreLockHeld(
                 f"{who} already syncs {self.db_path} (lock {self.path})", pid=pid
             ) from None
@@ -408,6 +408,11 @@ class Daemon:
                 raise StoreCorrupt(
                     f"the database file is damaged: {db} ({result.splitlines()[0]})", path=str(db)
                 )
+            # We hold the single-writer lock: a SENDING row is a push cut short by a process
+            # that died (kill -9, power loss). Replay it now rather than after its lease.
+            recovered = store.recover_sending()
+            if recovered:
+                log.info("recovered %d operation(s) left sending by a previous run", recovered)
             return engine_options(store), store.account()
         finally:
             store.close()

@@ -487,5 +487,5 @@ def _report(result: DemoResult | None, error: str | None, *, keep: bool) -> int:
     print(f"figures: {figures}", flush=True)
     if keep:
         for name, path in result.stores.items():
-            print(f"kept {name}'s store: syncengine --db {path} messages ...", flush=True)
+            print(f"kept {name}'s store: syncengine --db {path} conversations", flush=True)
     return 0 if result.ok else 1

@@ -1,0 +1,439 @@
+"""The daemon: one per store (G6), signals, readiness, recovery, housekeeping jobs.
+
+Most tests run ``syncengine daemon`` as a real subprocess against a reference server on
+127.0.0.1, as systemd would run it; the job tests run :class:`Daemon` in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine.daemon import (
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    Daemon,
+    DaemonConfig,
+    StoreLock,
+    daemon_info,
+    notify,
+    pid_path,
+)
+from syncengine.engine import SyncEngine
+from syncengine.errors import StoreLockHeld
+from syncengine.models import ConnectionState, OutboxState
+from syncengine.paths import token_path
+from syncengine.server.config import ServerConfig
+from syncengine.server.testing import TEST_DEFAULTS, ServerThread, run_server
+from syncengine.store import Store
+from tests.test_cli import invoke, login, new_conversation, one_json, run_cli, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    config = ServerConfig(data_dir=tmp_path_factory.mktemp("server"), **TEST_DEFAULTS)
+    with ServerThread(config) as server:
+        yield server
+
+
+class Notifications:
+    """A unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+
+    def __init__(self) -> None:
+        # A short folder: unix socket paths are limited to about 100 bytes.
+        self._dir = tempfile.mkdtemp(prefix="sd-")
+        self.path = os.path.join(self._dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def expect(self, needle: str, timeout: float = 10.0) -> str:
+        """Receive datagrams until one contains ``needle``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {needle!r} notification within {timeout} s")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if needle in data:
+                return data
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notifications() -> Iterator[Notifications]:
+    n = Notifications()
+    yield n
+    n.close()
+
+
+def start_daemon(db: Path, notifications: Notifications | None = None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNCENGINE_DB", "NOTIFY_SOCKET")}
+    if notifications is not None:
+        env["NOTIFY_SOCKET"] = notifications.path
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncengine.cli", "--db", str(db), "daemon"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@contextlib.contextmanager
+def daemon_process(
+    db: Path, notifications: Notifications | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    proc = start_daemon(db, notifications)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, float, str]:
+    """Signal the daemon; returns (exit status, seconds to exit, stderr)."""
+    started = time.monotonic()
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=10)
+    return proc.returncode, time.monotonic() - started, err
+
+
+def state_of(db: Path) -> str:
+    return str(one_json(invoke("--db", str(db), "--json", "status"))["state"])
+
+
+def outbox_state(db: Path, op_id: str) -> OutboxState | None:
+    with Store(db) as store:
+        item = store.outbox_item(op_id)
+    return item.state if item is not None else None
+
+
+# --- the lifecycle, as systemd would drive it ------------------------------------------------
+
+
+def test_daemon_lifecycle(tmp_path: Path, srv: ServerThread, notifications: Notifications) -> None:
+    alice, bob = tmp_path / "alice.db", tmp_path / "bob.db"
+    login(alice, srv.url, "d-alice")
+    login(bob, srv.url, "d-bob")
+    cid = new_conversation(alice, "d-bob")
+    one_json(invoke("--db", str(alice), "--json", "sync"))
+    one_json(invoke("--db", str(bob), "--json", "sync"))
+    token = json.loads(token_path(alice).read_text())["token"]
+
+    with daemon_process(alice, notifications) as proc:
+        ready = notifications.expect("READY=1")
+        assert f"MAINPID={proc.pid}" in ready
+        wait_for(lambda: state_of(alice) == "live", 10, "the daemon to be live")
+        status = one_json(invoke("--db", str(alice), "--json", "status"))
+        assert status["daemon"] == {"running": True, "pid": proc.pid}
+
+        # G6: a second daemon on the same store is refused at once, naming the holder.
+        started = time.monotonic()
+        second = run_cli("--db", str(alice), "daemon", timeout=15)
+        assert second.returncode == EX_TEMPFAIL
+        assert time.monotonic() - started < 5
+        assert f"pid {proc.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+
+        # A message sent by another engine reaches the daemon's store over the live channel.
+        one_json(invoke("--db", str(bob), "--json", "send", cid, "from bob", "--wait"))
+        wait_for(
+            lambda: any(
+                m["body"] == "from bob"
+                for m in one_json(invoke("--db", str(alice), "--json", "messages", cid))
+            ),
+            5,
+            "bob's message in alice's store",
+        )
+
+        # An operation queued by the CLI is pushed by the daemon within about a second.
+        queued_at = time.monotonic()
+        op_id = one_json(invoke("--db", str(alice), "--json", "send", cid, "from cli"))["op_id"]
+        wait_for(lambda: outbox_state(alice, op_id) is OutboxState.SENT, 2.0, "the push")
+        print(f"CLI send pushed by the daemon in {time.monotonic() - queued_at:.2f} s")
+        assert "from cli" in [m["body"] for m in srv.state.all_messages(cid)]
+
+        # Every read works while the daemon writes; send --wait and sync defer to it.
+        for command in ("status", "conversations", "outbox"):
+            one_json(invoke("--db", str(alice), "--json", command))
+        assert one_json(invoke("--db", str(alice), "--json", "sync"))["daemon"] is True
+        waited = one_json(invoke("--db", str(alice), "--json", "send", cid, "waited", "--wait"))
+        assert outbox_state(alice, waited["op_id"]) is OutboxState.SENT
+
+        # tail reads the store the daemon writes.
+        tail = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "syncengine.cli",
+                "--db",
+                str(alice),
+                "--json",
+                "tail",
+                "--count",
+                "1",
+                "--timeout",
+                "15",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)  # let tail take its snapshot of what is already there
+            one_json(invoke("--db", str(bob), "--json", "send", cid, "for tail", "--wait"))
+            out, err = tail.communicate(timeout=20)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.communicate()
+        assert tail.returncode == 0, err
+        (line,) = out.splitlines()
+        assert json.loads(line)["body"] == "for tail"
+
+        # SIGTERM in the middle of a push: stops within 5 s, nothing left SENDING.
+        srv.faults.delay_ms = 1500
+        try:
+            op_id = one_json(invoke("--db", str(alice), "--json", "send", cid, "cut"))["op_id"]
+            wait_for(lambda: outbox_state(alice, op_id) is OutboxState.SENDING, 3, "the claim")
+            code, took, err = stop(proc)
+        finally:
+            srv.faults.delay_ms = 0
+        assert code == 0, err
+        assert took < 5
+        notifications.expect("STOPPING=1")
+
+    with Store(alice) as store:
+        assert store.health().sending == 0
+        assert outbox_state(alice, op_id) is OutboxState.PENDING
+    status = one_json(invoke("--db", str(alice), "--json", "status"))
+    assert status["daemon"] == {"running": False, "pid": None}
+    assert status["state"] == "offline"
+    # Logs: JSON lines (stderr is not a terminal) and never the token.
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines)
+    assert token not in err
+
+
+def test_kill_9_leaves_no_stale_lock(
+    tmp_path: Path, srv: ServerThread, notifications: Notifications
+) -> None:
+    db = tmp_path / "a.db"
+    login(db, srv.url, "k-alice")
+    cid = new_conversation(db, "k-bob")
+    with daemon_process(db, notifications) as first:
+        notifications.expect("READY=1")
+        wait_for(lambda: state_of(db) == "live", 10, "the daemon to be live")
+        wait_for(
+            lambda: not one_json(invoke("--db", str(db), "--json", "outbox", "--state", "pending")),
+            5,
+            "the conversation to be pushed",
+        )
+        first.kill()
+        first.wait(timeout=5)
+    # The kernel released the lock with the process; the pid file it left behind lies.
+    assert pid_path(db).exists()
+    assert daemon_info(db) == (False, None)
+    # A push cut short by the kill is replayed at once by the next daemon, not after a lease.
+    op_id = one_json(invoke("--db", str(db), "--json", "send", cid, "after kill"))["op_id"]
+    with Store(db) as store:
+        assert [i.op_id for i in store.claim()] == [op_id]
+    with daemon_process(db, notifications) as second:
+        notifications.expect("READY=1")
+        assert daemon_info(db) == (True, second.pid)
+        wait_for(lambda: outbox_state(db, op_id) is OutboxState.SENT, 5, "the replay")
+        code, took, err = stop(second, signal.SIGINT)
+        assert code == 0, err
+        assert took < 5
+    assert [m["body"] for m in srv.state.all_messages(cid)] == ["after kill"]
+
+
+def test_not_logged_in_exits_1(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    Store(db).close()
+    result = run_cli("--db", str(db), "daemon")
+    assert result.returncode == 1
+    assert "not logged in" in result.stderr and "Traceback" not in result.stderr
+    assert daemon_info(db) == (False, None)
+
+
+def _damage_garbage(db: Path) -> None:
+    db.write_bytes(b"this is not a database, it is a shopping list\n" * 200)
+
+
+def _damage_page(db: Path) -> None:
+    # A real store, with pages scribbled over past the header.
+    data = bytearray(db.read_bytes())
+    assert len(data) > 3 * 4096
+    data[4096 + 100 : 3 * 4096] = b"\xa5" * (2 * 4096 - 100)
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_damage_garbage, _damage_page])
+def test_corrupt_store_exits_65_and_leaves_the_file(
+    tmp_path: Path, srv: ServerThread, damage: Any
+) -> None:
+    db = tmp_path / "a.db"
+    login(db, srv.url, "c-alice")
+    for i in range(3):
+        new_conversation(db, "c-bob", title=f"conversation {i} " + "x" * 150)
+    damage(db)
+    before = db.read_bytes()
+    result = run_cli("--db", str(db), "daemon")
+    assert result.returncode == EX_DATAERR, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "damaged" in json.loads(line)["msg"]
+    assert "Traceback" not in result.stderr
+    assert db.read_bytes() == before
+
+
+# --- pieces, in-process ------------------------------------------------------------------------
+
+
+def test_store_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    holder = StoreLock(db)
+    holder.acquire()
+    try:
+        assert daemon_info(db) == (True, os.getpid())
+        with pytest.raises(StoreLockHeld) as caught:
+            StoreLock(db).acquire(timeout=0)
+        assert caught.value.pid == os.getpid()
+        assert oct(os.stat(holder.path).st_mode & 0o777) == "0o600"
+    finally:
+        holder.release()
+    assert daemon_info(db) == (False, None)
+    assert not pid_path(db).exists()
+    with StoreLock(db):  # free again
+        pass
+
+
+def test_notify_sends_a_datagram_and_needs_a_socket() -> None:
+    assert notify("READY=1", environ={}) is False
+    name = f"syncengine-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)  # the abstract namespace, written '@name' in NOTIFY_SOCKET
+        sock.settimeout(5)
+        assert notify("READY=1", environ={"NOTIFY_SOCKET": "@" + name}) is True
+        assert sock.recv(100) == b"READY=1"
+
+
+async def _logged_in_store(url: str, db: Path) -> str:
+    """A store with one sent conversation and message; returns the conversation id."""
+    async with SyncEngine(db, connect=False) as engine:
+        await engine.login(url, "j-alice", "pw")
+        conv = await engine.create_conversation("jobs", members=["j-bob"])
+        await engine.send(conv.id, "sent")
+        await engine.sync_once()
+        assert engine.store.health().pending == 0
+        return conv.id
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_jobs_prune_sent_and_expire_typing(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "server") as server:
+        db = tmp_path / "a.db"
+        cid = await _logged_in_store(server.url, db)
+        with Store(db) as store:
+            store.apply_typing(cid, "j-bob", typing=True, ts_ms=1, ttl_s=0.01)
+            assert len(store.outbox(OutboxState.SENT)) == 2
+        config = DaemonConfig(
+            db_path=db, prune_s=0.2, prune_after_s=0.0, typing_expiry_s=0.2, checkpoint_s=0.2
+        )
+        daemon = Daemon(config)
+        task = asyncio.create_task(daemon.run())
+        try:
+            with Store(db) as store:
+                await _until(lambda: not store.outbox(OutboxState.SENT), 5, "prune-sent")
+            # The typing row expired long ago: the daemon deleted it, nothing is left to prune.
+            with Store(db) as store:
+                await _until(lambda: store.prune_typing() == 0, 5, "typing-expiry")
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_logout_and_login_while_running(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "server") as server:
+        db = tmp_path / "a.db"
+        await _logged_in_store(server.url, db)
+        daemon = Daemon(DaemonConfig(db_path=db, token_watch_s=0.1))
+        task = asyncio.create_task(daemon.run())
+        try:
+            await _until(
+                lambda: daemon.engine is not None and daemon.engine.state is ConnectionState.LIVE,
+                10,
+                "live",
+            )
+            token_path(db).unlink()  # what 'syncengine logout' does to the daemon's files
+            await _until(
+                lambda: (
+                    daemon.engine is not None and daemon.engine.state is ConnectionState.OFFLINE
+                ),
+                5,
+                "the engine to stop after logout",
+            )
+            async with SyncEngine(db, connect=False) as engine:
+                await engine.login(server.url, "j-alice", "pw")
+            await _until(
+                lambda: daemon.engine is not None and daemon.engine.state is ConnectionState.LIVE,
+                10,
+                "live again after login",
+            )
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_second_daemon_in_process_gets_75(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    Store(db).close()
+    with StoreLock(db):
+        assert await Daemon(DaemonConfig(db_path=db)).run() == EX_TEMPFAIL
+
+
+def test_example_systemd_unit_matches_the_daemon() -> None:
+    import configparser
+
+    unit_file = Path(__file__).resolve().parent.parent / "examples" / "syncengine-daemon.service"
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    unit.read_string(unit_file.read_text(encoding="utf-8"))
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["Restart"] == "on-failure"
+    assert set(service["RestartPreventExitStatus"].split()) == {str(EX_DATAERR), str(EX_TEMPFAIL)}
+    assert service["Environment"].startswith("SYNCENGINE_DB=")
+    assert service["ExecStart"].endswith("syncengine daemon")
