@@ -15,19 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_store import (
-    ME,
-    PYTHON,
-    REPO,
-    Clock,
-    conv_updated,
-    deleted,
-    file_mode,
-    open_store,
-    receipt,
-    received,
-    updated,
-)
 
 from syncengine.errors import (
     NotFound,
@@ -50,6 +37,19 @@ from syncengine.store import MAX_BODY_CHARS, Store, move_aside
 from syncengine.store.schema import SCHEMA_NAMES
 from syncengine.store.store import SENDING_LEASE_S
 from syncengine.wire import HistoryMessage, OpResult
+from tests.helpers_store import (
+    ME,
+    PYTHON,
+    REPO,
+    Clock,
+    conv_updated,
+    deleted,
+    file_mode,
+    open_store,
+    receipt,
+    received,
+    updated,
+)
 
 CID = "conv-a"
 CID_B = "conv-b"
