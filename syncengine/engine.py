@@ -220,6 +220,11 @@ class SyncEngine:
             # Only a syncing engine records the state that `syncengine status` shows; a
             # one-shot engine (the CLI) must not overwrite the daemon's.
             store.set_state(ConnectionState.OFFLINE)
+            # Rows a crashed predecessor (kill -9) left SENDING are this process's now (one
+            # writer per store: G6): replay them at once, deduplicated by the server (G2),
+            # instead of leaving them - and their conversation's FIFO - stuck until the lease
+            # runs out.
+            store.recover_sending()
         token = self._load_token()
         server = self._server_override or store.get_meta("server")
         if token and server:
