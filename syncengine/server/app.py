@@ -44,7 +44,8 @@ __all__ = ["ServerCore", "create_app"]
 log = logging.getLogger("syncengine.server")
 
 _MAX_PASSWORD_CHARS = 1024
-_LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
+_LIMITER_SWEEP = 10_000
+_MAX_QUERY_INT = 1 << 62  # forget idle rate-limit buckets past this many keys
 
 
 def json_response(
@@ -218,7 +219,8 @@ def _int_param(request: Request, name: str, default: int | None, minimum: int) -
         raise ApiError(400, "bad_request", f"{name} must be an integer") from None
     if value < minimum:
         raise ApiError(400, "bad_request", f"{name} must be at least {minimum}")
-    return value
+    # Past any position or seq there is, and still an SQLite integer.
+    return min(value, _MAX_QUERY_INT)
 
 
 def _conversation_id(request: Request) -> str:
