@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 try:
-    from conftest_server import TRANSPORTS, Api, open_api
+    from conftest_server import TRANSPORTS, Api, make_config, open_api
 except ModuleNotFoundError:  # tests/ is a package
-    from tests.conftest_server import TRANSPORTS, Api, open_api
+    from tests.conftest_server import TRANSPORTS, Api, make_config, open_api
 
 from syncengine import wire
 from syncengine.models import new_id
 from syncengine.server import state
+from syncengine.server.app import create_app
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -633,3 +639,81 @@ async def test_login_rate_limit_per_user_name(tmp_path: Path) -> None:
         assert codes == [200, 200, 429]
         response = await api.client.post("/v1/login", json=body)
         assert int(response.headers["Retry-After"]) >= 1
+
+
+# --- no input makes a 500 -----------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_OP_KEYS = ["op_id", "kind", "conversation_id", "body", "target_op_id", "message_id", "seq"]
+_OPS = st.lists(
+    st.dictionaries(
+        st.sampled_from([*_OP_KEYS, "title", "members"]),
+        _JSON | st.sampled_from(["send", "edit", "delete", "mark_read", "create_conversation"]),
+    ),
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/v1/login", "/v1/ops", "/v1/conversations", "/members", "/rename"]),
+    body=_JSON | _OPS.map(lambda ops: {"ops": ops}),
+    query=st.dictionaries(
+        st.sampled_from(["since", "limit", "before"]),
+        st.sampled_from(["0", "-1", str(1 << 63), str(1 << 70), "1e3", ""])
+        | st.integers(min_value=-(1 << 70), max_value=1 << 70).map(str)
+        | st.text(max_size=5),
+        max_size=1,  # one parameter at a time, so one bad value does not hide another
+    ),
+)
+def test_no_input_makes_a_server_error(
+    fuzz_app: tuple[Any, str, dict[str, str]], path: str, body: Any, query: dict[str, str]
+) -> None:
+    app, cid, headers = fuzz_app
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            url = {
+                "/members": f"/v1/conversations/{cid}/members",
+                "/rename": f"/v1/conversations/{cid}",
+            }.get(path, path)
+            method = "PATCH" if path == "/rename" else "POST"
+            return [
+                await client.request(method, url, json=body, headers=headers),
+                await client.get("/v1/events", params=query, headers=headers),
+                await client.get(
+                    f"/v1/conversations/{cid}/messages", params=query, headers=headers
+                ),
+            ]
+
+    for response in asyncio.run(run()):
+        assert response.status_code < 500, response.text
+        if response.status_code >= 400:
+            assert set(response.json()) >= {"code", "reason"}
+
+
+@pytest.fixture
+def fuzz_app(tmp_path: Path) -> Iterator[tuple[Any, str, dict[str, str]]]:
+    """An in-process app with alice logged in and one conversation (synchronous set-up)."""
+    app = create_app(make_config(tmp_path, rate_per_s=1e6, rate_burst=1_000_000))
+    core = app.state.core
+    token = core.storage.issue_token("alice", "dev", 3600)
+    cid = new_id()
+    core.storage.create_conversation("alice", cid, "t", ("alice", "bob"))
+    try:
+        yield app, cid, {"Authorization": f"Bearer {token}"}
+    finally:
+        core.close()

@@ -44,8 +44,8 @@ __all__ = ["ServerCore", "create_app"]
 log = logging.getLogger("syncengine.server")
 
 _MAX_PASSWORD_CHARS = 1024
-_LIMITER_SWEEP = 10_000
-_MAX_QUERY_INT = 1 << 62  # forget idle rate-limit buckets past this many keys
+_LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
+_MAX_QUERY_INT = 1 << 62  # query integers are capped here (SQLite integers are 64-bit)
 
 
 def json_response(
