@@ -374,7 +374,7 @@ class Store:
         lease_cutoff = now - SENDING_LEASE_S
         with self._db.write() as c:
             rows = c.execute(
-                f"SELECT n, {_OUTBOX_COLUMNS}, claimed_at FROM outbox "
+                f"SELECT n, {_OUTBOX_COLUMNS}, claimed_at, updated_at FROM outbox "
                 "WHERE state IN ('pending', 'sending') ORDER BY n"
             ).fetchall()
             blocked: set[str] = set()
@@ -383,8 +383,11 @@ class Store:
                 cid = row[3]
                 if cid in blocked:
                     continue
-                state, next_at, claimed_at = row[5], row[7], row[10]
-                ready = (state == "pending" and (next_at is None or next_at <= now)) or (
+                state, next_at, claimed_at, updated_at = row[5], row[7], row[10], row[11]
+                # A retry scheduled "after now" by a clock that has since been set back (an
+                # NTP step, a user fixing the date) is due now, not hours or days later.
+                due = next_at is None or next_at <= now or updated_at > now
+                ready = (state == "pending" and due) or (
                     state == "sending" and (claimed_at or 0) <= lease_cutoff
                 )
                 if not ready:
@@ -1016,8 +1019,8 @@ class Store:
         with self._db.read() as c:
             row = c.execute(
                 "SELECT COUNT(*) FROM outbox WHERE state = 'pending' "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
-                (now,),
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR updated_at > ?)",
+                (now, now),
             ).fetchone()
         return int(row[0])
 

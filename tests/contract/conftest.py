@@ -7,6 +7,11 @@ same code about 40x larger (see :func:`tests.contract.oracle.scale`).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,54 @@ from tests.contract.proxy import FaultProxy
 pytestmark = pytest.mark.integration
 
 EngineFactory = Callable[..., Awaitable[SyncEngine]]
+
+SYNCENGINE = Path(sys.executable).with_name("syncengine")
+
+
+class ServerProcess:
+    """``syncengine serve`` in a subprocess on 127.0.0.1, a free port, a given data directory:
+    it can be killed with SIGKILL, and it keeps its own clock (the tests may skew theirs)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        self.proc = await asyncio.create_subprocess_exec(
+            str(SYNCENGINE),
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30 * TIME_FACTOR):
+            while line := (await self.proc.stdout.readline()).decode():
+                if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
+                    self.port = int(m.group(1))
+                    return self.port
+        raise AssertionError("the server did not start")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                await self.kill()
 
 
 @pytest.fixture
@@ -52,3 +105,12 @@ async def engines(tmp_path: Path, proxy: FaultProxy) -> AsyncIterator[EngineFact
     yield make
     for engine in made:
         await engine.close()
+
+
+@pytest.fixture
+async def server_process(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """The reference server as a subprocess (see :class:`ServerProcess`)."""
+    srv = ServerProcess(tmp_path / "server-data")
+    await srv.start()
+    yield srv
+    await srv.stop()

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import re
-import signal
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +23,6 @@ from tests.contract.oracle import TIME_FACTOR, Oracle, eventually, scale
 from tests.contract.proxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-SYNCENGINE = Path(sys.executable).with_name("syncengine")
-
-
-class ServerProcess:
-    """``syncengine serve`` on 127.0.0.1, a free port, a given data directory."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-
-    async def start(self) -> int:
-        self.proc = await asyncio.create_subprocess_exec(
-            str(SYNCENGINE),
-            "serve",
-            "--port",
-            "0",
-            "--data",
-            str(self.data_dir),
-            "--log-level",
-            "warning",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30 * TIME_FACTOR):
-            while line := (await self.proc.stdout.readline()).decode():
-                if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
-                    self.port = int(m.group(1))
-                    return self.port
-        raise AssertionError("the server did not start")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(10):
-                    await self.proc.wait()
-            except TimeoutError:
-                await self.kill()
 
 
 def count_messages(db: Path, cid: str) -> int:
@@ -92,22 +41,14 @@ def count_messages(db: Path, cid: str) -> int:
 
 
 @pytest.fixture
-async def server_process(tmp_path: Path) -> Any:
-    srv = ServerProcess(tmp_path / "server-data")
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def restart_proxy(server_process: ServerProcess) -> Any:
+async def restart_proxy(server_process: Any) -> Any:
     async with FaultProxy(server_process.port) as p:
         yield p
 
 
 @pytest.mark.timeout(900 if scale(1) > 1 else 240)
 async def test_server_killed_mid_pull_and_mid_push(
-    tmp_path: Path, server_process: ServerProcess, restart_proxy: FaultProxy, seed: int
+    tmp_path: Path, server_process: Any, restart_proxy: FaultProxy, seed: int
 ) -> None:
     from syncengine import SyncEngine
     from syncengine.models import ConnectionState
