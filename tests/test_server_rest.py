@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -717,3 +718,36 @@ def fuzz_app(tmp_path: Path) -> Iterator[tuple[Any, str, dict[str, str]]]:
         yield app, cid, {"Authorization": f"Bearer {token}"}
     finally:
         core.close()
+
+
+async def test_a_client_leaving_mid_body_is_not_an_error(
+    asgi_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = asgi_api.client._transport.app  # type: ignore[attr-defined]
+    token = asgi_api.tokens["alice"].encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/ops",
+        "raw_path": b"/v1/ops",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", b"Bearer " + token), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.DEBUG, logger="syncengine"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -24,7 +24,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
@@ -177,6 +177,9 @@ def _endpoint(func: Callable[[ServerCore, Request], Awaitable[Response]]) -> Han
             return await func(request.app.state.core, request)
         except ApiError as exc:
             return error_response(exc)
+        except ClientDisconnect:  # the client left mid-request: nobody reads the answer
+            log.debug("client left during %s %s", request.method, request.url.path)
+            return Response(status_code=499)
         except Exception:
             log.exception("internal error in %s %s", request.method, request.url.path)
             return json_response({"code": "internal", "reason": "internal server error"}, 500)
