@@ -19,12 +19,14 @@ This module does no I/O and is shared by the engine and the reference server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
 import orjson
+from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
+from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.orjson import make_converter
 
 from syncengine.errors import WireError
@@ -55,6 +57,8 @@ __all__ = [
 
 MAX_FRAME_BYTES = 1 << 20  # one live frame
 MAX_PAGE_BYTES = 32 << 20  # one REST response body
+# Integers must fit SQLite's INTEGER (and every other sane peer): signed 64 bits.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 
 T = TypeVar("T")
 
@@ -124,11 +128,56 @@ def _strict(kind: type, name: str) -> Any:
     return hook
 
 
+def _int(value: Any, _type: Any) -> int:
+    if type(value) is not int:  # not bool, not float, not "1"
+        raise TypeError(f"expected integer, got {type(value).__name__}")
+    if not INT_MIN <= value <= INT_MAX:
+        raise ValueError("integer out of the signed 64-bit range")
+    return value
+
+
+def _is_array(t: Any) -> bool:
+    """``list[X]`` or ``tuple[X, ...]``: the types a JSON array structures into."""
+    origin, args = get_origin(t), get_args(t)
+    return origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+
+
+def _array_factory(t: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    # cattrs turns any iterable into a sequence: "members": "bob" would become ("b", "o",
+    # "b") and an object its keys. Only a JSON array is an array.
+    factory = (
+        list_structure_factory if get_origin(t) is list else homogenous_tuple_structure_factory
+    )
+    inner = factory(t, conv)
+
+    def hook(value: Any, _type: Any) -> Any:
+        if type(value) is not list:
+            raise TypeError(f"expected array, got {type(value).__name__}")
+        return inner(value, _type)
+
+    return hook
+
+
+def _object_factory(cl: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    # Without this, a string where an object belongs fails on its first field ("op_id:
+    # expected str") instead of naming the value that is wrong.
+    inner = make_dict_structure_fn(cl, conv)
+
+    def hook(value: Any, _type: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected object, got {type(value).__name__}")
+        return inner(value, _type)
+
+    return hook
+
+
 def _make_converter(detailed: bool = True) -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=False, detailed_validation=detailed)
     conv.register_structure_hook(str, _strict(str, "string"))
-    conv.register_structure_hook(int, _strict(int, "integer"))
+    conv.register_structure_hook(int, _int)
     conv.register_structure_hook(bool, _strict(bool, "boolean"))
+    conv.register_structure_hook_factory(_is_array, _array_factory)
+    conv.register_structure_hook_factory(attrs.has, _object_factory)
 
     def _float(value: Any, _type: Any) -> float:
         if type(value) not in (int, float):
@@ -166,9 +215,12 @@ def structure(obj: Any, cls: type[T], *, where: str = "") -> T:
         pass
     try:
         return converter.structure(obj, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+    except Exception as exc:  # whatever the input, callers only ever see WireError
         path, message = _field_path(exc)
-        field = f"{where}.{path}" if where and path != "frame" else (where or path)
+        if path == "frame" or not where:
+            field = where or path
+        else:
+            field = f"{where}{path}" if path.startswith("[") else f"{where}.{path}"
         raise WireError(message, field=field) from None
     raise WireError("does not match the schema", field=where or "frame")  # pragma: no cover
 
@@ -176,6 +228,9 @@ def structure(obj: Any, cls: type[T], *, where: str = "") -> T:
 def decode_json(data: str | bytes | bytearray | memoryview, *, limit: int = MAX_FRAME_BYTES) -> Any:
     """Parse JSON text with the size limit; reject NaN, deep nesting and bad Unicode."""
     size = len(data)
+    if isinstance(data, str) and size * 4 > limit:
+        # the limit is in bytes: up to 4 per character once encoded
+        size = len(data.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise WireError(f"too large: {size} bytes > limit {limit}", field="frame")
     try:
@@ -236,7 +291,7 @@ def decode_page(data: bytes | str, *, lenient: bool = True) -> EventPage:
             bad.append((orjson.dumps(raw).decode(), str(exc)))
     nxt = obj.get("next")
     more = obj.get("has_more")
-    if type(nxt) is not int or nxt < 0:
+    if type(nxt) is not int or not 0 <= nxt <= INT_MAX:
         raise WireError("expected non-negative integer", field="page.next")
     if type(more) is not bool:
         raise WireError("expected boolean", field="page.has_more")
@@ -254,6 +309,8 @@ def decode_op_results(data: bytes | str) -> list[OpResult]:
 def decode_history(data: bytes | str) -> HistoryPageWire:
     """Decode a ``GET /v1/conversations/{id}/messages`` response body."""
     obj = decode_json(data, limit=MAX_PAGE_BYTES)
+    if not isinstance(obj, dict):
+        raise WireError(f"expected object, got {type(obj).__name__}", field="history")
     return structure(obj, HistoryPageWire, where="history")
 
 
