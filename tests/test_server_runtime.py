@@ -69,6 +69,10 @@ async def test_restart_on_the_same_port_keeps_everything(tmp_path: Path) -> None
                 await client.get("/v1/health")
         await srv.start()
         assert srv.url == url
+        assert srv.state.users() == ["alice"]
+        assert srv.state.all_conversations() == [
+            {"id": cid, "title": "t", "members": ["alice"], "last_seq": 2, "created_by": "alice"}
+        ]
         async with httpx.AsyncClient(base_url=srv.url, headers=headers) as client:
             assert (await client.get("/v1/health")).json() == {"ok": True, "head": 2}
             replay = (await client.post("/v1/ops", json={"ops": [op]})).json()["results"][0]

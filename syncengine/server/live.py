@@ -57,7 +57,6 @@ class LiveConnection:
         self.closing: tuple[int, str] | None = None
         self.bucket = TokenBucket(hub.config.ws_rate_per_s, hub.config.ws_burst)
         self.flood = 0
-        self.sent = 0
         self._wake = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -97,7 +96,6 @@ class LiveConnection:
                     await websocket.close(code, reason)
                     return
                 await websocket.send_text(self.queue.popleft())
-                self.sent += 1
         except Exception as exc:  # the peer went away mid-send: the receive loop sees it too
             log.debug("live sender for %s/%s ended: %r", self.user, self.device, exc)
 
@@ -256,10 +254,6 @@ class Hub:
             self._send(
                 TypingStopped(conversation_id=conversation_id, user=user, ts_ms=now), audience
             )
-
-    def typing_users(self, conversation_id: str) -> list[str]:
-        """Who is typing in a conversation now, sorted."""
-        return sorted(user for cid, user in self._typing if cid == conversation_id)
 
     # --- presence --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -49,7 +49,6 @@ __all__ = [
     "payload_hash",
     "retry_after_ms",
     "scrypt_params",
-    "sorted_unique",
 ]
 
 MAX_BATCH = 500  # operations per POST /v1/ops
@@ -429,8 +428,3 @@ def scrypt_params(n: int) -> str:
 def retry_after_ms(wait_s: float) -> int:
     """A wait in seconds as whole milliseconds, rounded up, at least 1."""
     return max(1, math.ceil(wait_s * 1000))
-
-
-def sorted_unique(names: Iterable[str]) -> tuple[str, ...]:
-    """Names sorted, each once (the wire form of a member list)."""
-    return tuple(sorted(set(names)))
