@@ -138,6 +138,7 @@ class Hub:
         self.connections: dict[str, set[LiveConnection]] = {}
         self._presence: dict[str, _Presence] = {}
         self._typing: dict[tuple[str, str], _Typing] = {}
+        self.closed = False
 
     # --- connections -----------------------------------------------------------------------
 
@@ -168,7 +169,7 @@ class Hub:
         """Remove a closed connection: stop its typing, start the presence leave debounce."""
         conn.stop_expiry()
         conns = self.connections.get(conn.user)
-        if conns is None or conn not in conns:
+        if self.closed or conns is None or conn not in conns:
             return
         conns.discard(conn)
         if not conns:
@@ -192,7 +193,12 @@ class Hub:
         return len(conns)
 
     def shutdown(self) -> None:
-        """Cancel every timer (typing expiry, presence debounce) before the loop stops."""
+        """Cancel every timer (typing expiry, presence debounce) before the loop stops.
+
+        Connections that end later (a handler cancelled after the storage closed) change
+        nothing any more.
+        """
+        self.closed = True
         for typing in self._typing.values():
             typing.timer.cancel()
         self._typing.clear()
