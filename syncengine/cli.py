@@ -605,40 +605,55 @@ async def _wait_acknowledged(db: Path, op_id: str, timeout: float) -> None:
     """Wait until ``op_id`` is SENT: pushed by the daemon, or by us when none runs."""
     from syncengine.daemon import StoreLock
 
+    deadline = time.monotonic() + timeout
     lock = StoreLock(db)
-    try:
-        lock.acquire(timeout=0)
-    except StoreLockHeld:
-        # A daemon (or another CLI sync) owns the store: its loop pushes within ~0.25 s.
-        await _poll_acknowledged(db, op_id, timeout)
+    while True:
+        try:
+            lock.acquire(timeout=0)
+        except StoreLockHeld:
+            # A daemon (or another CLI sync) owns the store: its loop pushes within ~0.25 s.
+            # If that process goes away first, take over and push it ourselves.
+            if await _poll_acknowledged(db, op_id, deadline):
+                return
+            continue
+        try:
+            left = max(0.1, deadline - time.monotonic())
+            await _sync_with_lock(db, left, what=f"operation {op_id}")
+        finally:
+            lock.release()
+        _check_acknowledged(db, op_id)
         return
-    try:
-        await _sync_with_lock(db, timeout, what=f"operation {op_id}")
-    finally:
-        lock.release()
-    _check_acknowledged(db, op_id, timeout)
 
 
-async def _poll_acknowledged(db: Path, op_id: str, timeout: float) -> None:
+async def _poll_acknowledged(db: Path, op_id: str, deadline: float) -> bool:
+    """Poll the store until ``op_id`` is SENT (True) or no process holds the lock (False).
+
+    Raises:
+        CliError: the server refused it, or the deadline passed (it stays queued).
+    """
+    from syncengine.daemon import daemon_info
     from syncengine.store import Store
 
-    deadline = time.monotonic() + timeout
     with Store(db) as store:
+        checks = 0
         while True:
             item = store.outbox_item(op_id)
             if item is None or item.state is OutboxState.SENT:
-                return  # a missing SENT row was pruned: it was acknowledged long ago
+                return True  # a missing SENT row was pruned: it was acknowledged long ago
             if item.state is OutboxState.FAILED:
                 raise CliError(f"the server rejected {op_id}: {item.last_error}")
             if time.monotonic() >= deadline:
                 raise CliError(
-                    f"{op_id} not acknowledged within {timeout:g} s (daemon state "
+                    f"{op_id} not acknowledged in time (the syncing process is "
                     f"{store.health().state.value}); it stays queued"
                 )
+            checks += 1
+            if checks % 10 == 0 and not daemon_info(db)[0]:
+                return False
             await asyncio.sleep(0.05)
 
 
-def _check_acknowledged(db: Path, op_id: str, timeout: float) -> None:
+def _check_acknowledged(db: Path, op_id: str) -> None:
     from syncengine.store import Store
 
     with Store(db) as store:
@@ -1052,10 +1067,12 @@ def demo(ctx: click.Context, n_messages: int, keep: bool, seed: int | None) -> N
 
     Runs the reference server in-process on a free loopback port, with stores in a
     temporary folder. Exit status 0 only when both stores equal the server's messages.
+    With --json, the story goes to stderr and the figures to stdout as one JSON document.
     """
     from syncengine.demo import run_demo
 
-    ctx.exit(run_demo(n_messages=n_messages, keep=keep, seed=seed))
+    as_json = _state(ctx).json
+    ctx.exit(run_demo(n_messages=n_messages, keep=keep, seed=seed, as_json=as_json))
 
 
 def _register() -> None:

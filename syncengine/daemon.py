@@ -362,7 +362,7 @@ class Daemon:
             return EX_FAILURE
 
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
@@ -389,8 +389,8 @@ class Daemon:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await self._close_engine()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for installed_sig in installed:
+                loop.remove_signal_handler(installed_sig)
         log.info("daemon stopped (exit %d)", self._exit_code)
         return self._exit_code
 

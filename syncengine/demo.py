@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import shutil
@@ -29,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -39,7 +40,7 @@ from syncengine.models import ConnectionState
 __all__ = ["DemoResult", "run_demo"]
 
 #: Engine settings for a demo on loopback: quick reconnects and heartbeats.
-_ENGINE = {
+_ENGINE: dict[str, Any] = {
     "backoff_base_s": 0.05,
     "backoff_cap_s": 0.5,
     "heartbeat_interval_s": 0.5,
@@ -99,11 +100,12 @@ class DemoResult:
 class _PlainView:
     """One line per step, for logs and pipes."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self._t0 = time.monotonic()
+        self._stream = stream
 
     def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self._t0:5.2f}s] {text}", flush=True)
+        print(f"[{time.monotonic() - self._t0:5.2f}s] {text}", file=self._stream, flush=True)
 
     def chat(self, sender: str, body: str, note: str = "") -> None:
         self.say(f"  {sender}: {body}{f'  ({note})' if note else ''}")
@@ -414,6 +416,7 @@ def run_demo(
     keep: bool = False,
     seed: int | None = None,
     interactive: bool | None = None,
+    as_json: bool = False,
 ) -> int:
     """Run the demo; returns the exit status (0 only when the verdict holds).
 
@@ -422,12 +425,14 @@ def run_demo(
         keep: keep the stores and print their ``--db`` paths.
         seed: seed of the message choices.
         interactive: force the live view on or off (default: when stdout is a terminal).
+        as_json: print the result as one JSON document on stdout; the story and the verdict
+            go to stderr as plain lines.
     """
     from syncengine.server.config import ServerConfig
     from syncengine.server.testing import ServerThread
 
     if interactive is None:
-        interactive = sys.stdout.isatty()
+        interactive = sys.stdout.isatty() and not as_json
     workdir = Path(tempfile.mkdtemp(prefix="syncengine-demo-"))
     config = ServerConfig(
         data_dir=workdir / "server",
@@ -441,7 +446,9 @@ def run_demo(
     error: str | None = None
     with _quiet_logs():
         server = ServerThread(config).start()
-        view: _PlainView = _RichView() if interactive else _PlainView()
+        view: _PlainView = (
+            _RichView() if interactive else _PlainView(sys.stderr if as_json else None)
+        )
         demo = _Demo(workdir=workdir, server_url=server.url, view=view, rng=random.Random(seed))
         try:
             result = asyncio.run(_main(demo, server, n_messages))
@@ -453,7 +460,7 @@ def run_demo(
             view.close()
             server.stop()
     try:
-        return _report(result, error, keep=keep)
+        return _report(result, error, keep=keep, as_json=as_json)
     finally:
         if keep:
             shutil.rmtree(workdir / "server", ignore_errors=True)
@@ -461,9 +468,14 @@ def run_demo(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _report(result: DemoResult | None, error: str | None, *, keep: bool) -> int:
+def _report(
+    result: DemoResult | None, error: str | None, *, keep: bool, as_json: bool = False
+) -> int:
+    out = sys.stderr if as_json else sys.stdout
     if result is None:
-        print(f"verdict: FAILED - {error}", flush=True)
+        print(f"verdict: FAILED - {error}", file=out, flush=True)
+        if as_json:
+            print(json.dumps({"ok": False, "error": error}), flush=True)
         return 1
     figures = (
         f"{result.messages} messages written, {result.on_server} on the server, "
@@ -480,12 +492,28 @@ def _report(result: DemoResult | None, error: str | None, *, keep: bool) -> int:
         print(
             "verdict: CONVERGED - alice's store, bob's store and the server hold the same "
             f"{result.on_server} messages, each once, in the same order",
+            file=out,
             flush=True,
         )
     else:
-        print("verdict: DIVERGED - the stores do not match the server", flush=True)
-    print(f"figures: {figures}", flush=True)
+        print("verdict: DIVERGED - the stores do not match the server", file=out, flush=True)
+    print(f"figures: {figures}", file=out, flush=True)
     if keep:
         for name, path in result.stores.items():
-            print(f"kept {name}'s store: syncengine --db {path} conversations", flush=True)
+            print(
+                f"kept {name}'s store: syncengine --db {path} conversations", file=out, flush=True
+            )
+    if as_json:
+        doc = {
+            "ok": result.ok,
+            "messages": result.messages,
+            "on_server": result.on_server,
+            "lost": result.lost,
+            "duplicated": result.duplicated,
+            "converge_s": result.converge_s,
+            "total_s": result.total_s,
+            "peak_pending": result.peak_pending,
+            "stores": {name: str(path) for name, path in result.stores.items()} if keep else None,
+        }
+        print(json.dumps(doc), flush=True)
     return 0 if result.ok else 1

@@ -378,6 +378,15 @@ def test_reads_never_create_a_store(tmp_path: Path) -> None:
     assert not db.exists()
 
 
+def test_a_damaged_store_is_one_line_and_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "bad.db"
+    db.write_bytes(b"not a database at all\n" * 100)
+    before = db.read_bytes()
+    for command in ("status", "conversations", "outbox"):
+        assert_user_error(invoke("--db", str(db), command), "damaged")
+    assert db.read_bytes() == before
+
+
 def test_commands_need_a_login(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     Store(db).close()

@@ -89,12 +89,14 @@ def notifications() -> Iterator[Notifications]:
     n.close()
 
 
-def start_daemon(db: Path, notifications: Notifications | None = None) -> subprocess.Popen[str]:
+def start_daemon(
+    db: Path, notifications: Notifications | None = None, *args: str
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SYNCENGINE_DB", "NOTIFY_SOCKET")}
     if notifications is not None:
         env["NOTIFY_SOCKET"] = notifications.path
     return subprocess.Popen(
-        [sys.executable, "-m", "syncengine.cli", "--db", str(db), "daemon"],
+        [sys.executable, "-m", "syncengine.cli", "--db", str(db), "daemon", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -104,9 +106,9 @@ def start_daemon(db: Path, notifications: Notifications | None = None) -> subpro
 
 @contextlib.contextmanager
 def daemon_process(
-    db: Path, notifications: Notifications | None = None
+    db: Path, notifications: Notifications | None = None, *args: str
 ) -> Iterator[subprocess.Popen[str]]:
-    proc = start_daemon(db, notifications)
+    proc = start_daemon(db, notifications, *args)
     try:
         yield proc
     finally:
@@ -271,6 +273,30 @@ def test_kill_9_leaves_no_stale_lock(
         assert code == 0, err
         assert took < 5
     assert [m["body"] for m in srv.state.all_messages(cid)] == ["after kill"]
+
+
+def test_debug_logs_never_carry_the_token(
+    tmp_path: Path, srv: ServerThread, notifications: Notifications
+) -> None:
+    db = tmp_path / "a.db"
+    login(db, srv.url, "t-alice")
+    cid = new_conversation(db, "t-bob")
+    one_json(invoke("--db", str(db), "--json", "send", cid, "logged"))
+    token = json.loads(token_path(db).read_text())["token"]
+    with daemon_process(db, notifications, "--log-level", "debug") as proc:
+        notifications.expect("READY=1")
+        wait_for(
+            lambda: one_json(invoke("--db", str(db), "--json", "status"))["outbox"]["pending"] == 0,
+            10,
+            "the push",
+        )
+        code, _took, err = stop(proc)
+    assert code == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    # The live channel's first frame carries the token; websockets logs frames at DEBUG.
+    assert any(r["level"] == "debug" and r["logger"].startswith("websockets") for r in records)
+    assert any("auth" in r["msg"] and "[redacted]" in r["msg"] for r in records)
+    assert token not in err
 
 
 def test_not_logged_in_exits_1(tmp_path: Path) -> None:

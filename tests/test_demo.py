@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -53,8 +54,13 @@ def test_demo_in_process_leaves_no_thread_and_no_folder(
 ) -> None:
     monkeypatch.setattr(demo.tempfile, "tempdir", str(tmp_path))
     before = set(threading.enumerate())
-    assert demo.run_demo(n_messages=6, interactive=False) == 0
-    assert "verdict: CONVERGED" in capsys.readouterr().out
+    assert demo.run_demo(n_messages=6, interactive=False, as_json=True) == 0
+    captured = capsys.readouterr()
+    # With --json: one JSON document on stdout, the story and the verdict on stderr.
+    doc = json.loads(captured.out)
+    assert doc["ok"] is True and doc["messages"] == doc["on_server"] == 6
+    assert (doc["lost"], doc["duplicated"], doc["stores"]) == (0, 0, None)
+    assert "verdict: CONVERGED" in captured.err
     assert set(threading.enumerate()) <= before
     assert list(tmp_path.iterdir()) == []
 

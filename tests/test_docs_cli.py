@@ -30,6 +30,17 @@ JSON_KEYS: dict[str, set[str]] = {
     "outbox": OUTBOX_KEYS,
     "retry": {"requeued"},
     "sync": SYNC_KEYS,
+    "demo": {
+        "ok",
+        "messages",
+        "on_server",
+        "lost",
+        "duplicated",
+        "converge_s",
+        "total_s",
+        "peak_pending",
+        "stores",
+    },
 }
 
 _HEADING = re.compile(r"^## `syncengine ([a-z-]+)`\s*$", re.MULTILINE)
