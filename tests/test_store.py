@@ -1024,3 +1024,35 @@ def test_readers_open_and_read_while_another_process_writes(db_path: Path) -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- resync snapshot --------------------------------------------------------------------------
+
+
+def test_resync_snapshot_sets_titles_and_members(store: Store) -> None:
+    store.enqueue("create_conversation", "c-local", {"title": "offline", "members": []})
+    store.replace_conversations(
+        [
+            {"id": CID, "title": "from snapshot", "members": [ME, "dave"], "last_seq": 4},
+            {"id": "c-new", "title": "new", "members": ["bob", ME], "last_seq": 9},
+        ]
+    )
+    convs = {c.id: c for c in store.conversations()}
+    assert set(convs) == {CID, "c-new", "c-local"}  # CID_B: no longer a member
+    assert (convs[CID].title, convs[CID].members) == ("from snapshot", ("dave", ME))
+    assert convs["c-local"].pending  # still being created: left alone
+    # an update newer than the snapshot still applies afterwards
+    store.apply_events([conv_updated(CID, 5, 20, members=(ME,), title="later")])
+    assert store.conversation(CID).title == "later"
+
+
+def test_resync_snapshot_older_than_a_stored_update_does_not_undo_it(store: Store) -> None:
+    # the live channel applied seq 10 while the snapshot (taken at seq 8) was on its way
+    store.apply_events([conv_updated(CID, 10, 10, members=(ME, "bob", "carol"), title="newer")])
+    snapshot = [{"id": CID, "title": "older", "members": [ME, "bob"], "last_seq": 8}]
+    store.replace_conversations([*snapshot, {"id": CID_B, "title": "b", "members": [ME]}])
+    conv = store.conversation(CID)
+    assert (conv.title, conv.members) == ("newer", ("bob", "carol", ME))
+    # replaying the newer event (the pull from the snapshot's head) keeps it so
+    store.apply_events([conv_updated(CID, 10, 10, members=(ME, "bob", "carol"), title="newer")])
+    assert store.conversation(CID).title == "newer"

@@ -810,11 +810,16 @@ class Store:
                 cid = conv["id"]
                 seen.add(cid)
                 members = sorted(set(conv.get("members", [])))
-                c.execute(
+                # The snapshot is the state at its last_seq. A conversation_updated already
+                # stored with a higher seq (the live channel ran while the snapshot was on its
+                # way) is newer: keep it, or the replay from the snapshot's head would be
+                # refused by the meta_seq guard and the older title/members would stick.
+                cur = c.execute(
                     "INSERT INTO conversations(id, title, members, meta_seq, last_seq, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                     "title = excluded.title, members = excluded.members, "
-                    "meta_seq = MAX(meta_seq, excluded.meta_seq), pending = 0",
+                    "meta_seq = excluded.meta_seq "
+                    "WHERE excluded.meta_seq >= conversations.meta_seq",
                     (
                         cid,
                         conv.get("title", ""),
@@ -824,11 +829,13 @@ class Store:
                         self._clock(),
                     ),
                 )
-                c.execute("DELETE FROM members WHERE conversation_id = ?", (cid,))
-                c.executemany(
-                    "INSERT INTO members(conversation_id, user) VALUES (?, ?)",
-                    [(cid, m) for m in members],
-                )
+                c.execute("UPDATE conversations SET pending = 0 WHERE id = ?", (cid,))
+                if cur.rowcount:
+                    c.execute("DELETE FROM members WHERE conversation_id = ?", (cid,))
+                    c.executemany(
+                        "INSERT INTO members(conversation_id, user) VALUES (?, ?)",
+                        [(cid, m) for m in members],
+                    )
             for (cid,) in c.execute("SELECT id FROM conversations WHERE pending = 0").fetchall():
                 if cid not in seen:
                     c.execute(
