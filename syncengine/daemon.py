@@ -329,6 +329,10 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped. Returns the process exit code."""
         db = self.config.db_path
+        if not db.exists():
+            # Nothing to sync, and no reason to leave a lock file where no store is.
+            log.error("not logged in: no store at %s; run 'syncengine login' first", db)
+            return EX_FAILURE
         try:
             self._lock.acquire()
         except StoreLockHeld as exc:
@@ -395,12 +399,7 @@ class Daemon:
         return self._exit_code
 
     def _check_store(self, db: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
-        """Open the store once to check it and read the account, then close it again.
-
-        A missing file is not created: the daemon has nothing to sync without a login.
-        """
-        if not db.exists():
-            return {}, {}
+        """Open the store once to check it and read the account, then close it again."""
         store = Store(db)
         try:
             result = store.integrity_check()

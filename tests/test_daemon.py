@@ -306,6 +306,10 @@ def test_not_logged_in_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not logged in" in result.stderr and "Traceback" not in result.stderr
     assert daemon_info(db) == (False, None)
+    missing = tmp_path / "nowhere" / "none.db"
+    result = run_cli("--db", str(missing), "daemon")
+    assert result.returncode == 1 and "not logged in" in result.stderr
+    assert not missing.parent.exists()
 
 
 def _damage_garbage(db: Path) -> None:
@@ -431,6 +435,38 @@ async def test_logout_and_login_while_running(tmp_path: Path) -> None:
                 5,
                 "the engine to stop after logout",
             )
+            async with SyncEngine(db, connect=False) as engine:
+                await engine.login(server.url, "j-alice", "pw")
+            await _until(
+                lambda: daemon.engine is not None and daemon.engine.state is ConnectionState.LIVE,
+                10,
+                "live again after login",
+            )
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_refused_credentials_wait_for_a_new_login(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "server") as server:
+        db = tmp_path / "a.db"
+        await _logged_in_store(server.url, db)
+        daemon = Daemon(DaemonConfig(db_path=db, token_watch_s=0.1))
+        task = asyncio.create_task(daemon.run())
+        try:
+            await _until(
+                lambda: daemon.engine is not None and daemon.engine.state is ConnectionState.LIVE,
+                10,
+                "live",
+            )
+            token_path(db).write_text(json.dumps({"token": "revoked-or-expired"}))
+            await _until(
+                lambda: daemon.engine is not None and daemon.engine.state is ConnectionState.FAILED,
+                10,
+                "the refusal",
+            )
+            await asyncio.sleep(0.3)
+            assert not task.done()  # it waits for a login instead of exiting
             async with SyncEngine(db, connect=False) as engine:
                 await engine.login(server.url, "j-alice", "pw")
             await _until(
