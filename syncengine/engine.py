@@ -61,9 +61,6 @@ from syncengine.events import (
     MessageSent,
     ServerEvent,
     SyncCompleted,
-    TypingStarted,
-    TypingStopped,
-    UnknownEvent,
     UserPresenceChanged,
 )
 from syncengine.logs import install_redaction
@@ -93,6 +90,10 @@ E = TypeVar("E")
 
 _SEEN_POS_MAX = 50_000
 _LIVE_BATCH = 500
+# Batches of at least this many events are committed on a worker thread: sqlite3 releases the
+# GIL while SQLite works and a commit mostly waits for the disk, so receiving and decoding go
+# on meanwhile. Smaller ones are committed on the loop (a thread hop costs ~50 µs).
+_THREAD_APPLY_MIN = 64
 
 
 class SyncEngine:
@@ -888,55 +889,54 @@ class SyncEngine:
                 self._pull_requested = True
                 self._kick()
                 continue
-            if event is None:
-                continue
-            if isinstance(event, DurableEvent):
+            if event is not None:
                 queue.put_nowait(event)
-            else:
-                self._apply_ephemeral(event)
 
     async def _apply_live(self, queue: asyncio.Queue[ServerEvent]) -> None:
+        """Apply what the reader queued, in arrival order, a batch at a time: the durable
+        events in one transaction with the cursor, typing and presence in one more (one
+        commit per event would cap a busy channel at the disk's commit rate)."""
         while True:
             batch = [await queue.get()]
             while not queue.empty() and len(batch) < _LIVE_BATCH:
                 batch.append(queue.get_nowait())
+            durable = [ev for ev in batch if isinstance(ev, DurableEvent)]
             cursor: int | None = None
             gap = False
-            for ev in batch:
-                assert isinstance(ev, DurableEvent)
+            for ev in durable:
                 decision = self._core.receive_live(ev)
                 if decision.cursor is not None:
                     cursor = decision.cursor
                 gap = gap or decision.gap
-            self._apply_safely(batch, cursor=cursor)
+            if durable:
+                await self._apply_events(durable, cursor=cursor)
+            if len(durable) < len(batch):
+                batch = self._apply_ephemeral(batch)
             self._emit_new(batch)
             if gap:
                 self._kick()
 
-    def _apply_ephemeral(self, event: ServerEvent) -> None:
-        store = self.store
-        if isinstance(event, TypingStarted):
-            if event.user != store.user:
-                store.apply_typing(
-                    event.conversation_id,
-                    event.user,
-                    typing=True,
-                    ts_ms=event.ts_ms,
-                    ttl_s=event.ttl_ms / 1000,
-                )
-        elif isinstance(event, TypingStopped):
-            store.apply_typing(event.conversation_id, event.user, typing=False, ts_ms=event.ts_ms)
-        elif isinstance(event, UserPresenceChanged):
-            try:
-                store.apply_presence(
-                    event.user, event.status, ts_ms=event.ts_ms, last_seen_ms=event.last_seen_ms
-                )
-            except ValueError:
-                log.info("ignored presence with unknown status %r", event.status)
-                return
-        elif isinstance(event, UnknownEvent):
-            pass
-        self._emit(event)
+    def _apply_ephemeral(self, batch: list[ServerEvent]) -> list[ServerEvent]:
+        """Record the typing and presence events of a batch; returns the batch less the
+        events that were refused (a presence with an unknown status)."""
+        ephemeral = [ev for ev in batch if not isinstance(ev, DurableEvent)]
+        kept = self.store.apply_ephemeral(ephemeral)
+        if len(kept) == len(ephemeral):
+            return batch
+        refused = {id(ev) for ev in ephemeral} - {id(ev) for ev in kept}
+        for ev in ephemeral:
+            if id(ev) in refused and isinstance(ev, UserPresenceChanged):
+                log.info("ignored presence with unknown status %r", ev.status)
+        return [ev for ev in batch if id(ev) not in refused]
+
+    async def _apply_events(
+        self, events: Sequence[ServerEvent], *, cursor: int | None, synced: bool = False
+    ) -> None:
+        """:meth:`_apply_safely`, on a worker thread when the batch is large."""
+        if len(events) >= _THREAD_APPLY_MIN:
+            await asyncio.to_thread(self._apply_safely, events, cursor=cursor, synced=synced)
+        else:
+            self._apply_safely(events, cursor=cursor, synced=synced)
 
     def _apply_safely(
         self, events: Sequence[ServerEvent], *, cursor: int | None, synced: bool = False
@@ -1017,8 +1017,10 @@ class SyncEngine:
         self._op_policy.reset()
         outcome = self._core.receive_push_results(items, results)
         by_id = {i.op_id: i for i in items}
-        for res in outcome.sent:
-            if store.mark_sent(res) and by_id[res.op_id].kind is OpKind.SEND:
+        # One transaction for the whole batch of acknowledgements (not one commit each).
+        moved = store.mark_sent_many(outcome.sent)
+        for res, changed in zip(outcome.sent, moved, strict=True):
+            if changed and by_id[res.op_id].kind is OpKind.SEND:
                 self._emit(
                     MessageSent(
                         op_id=res.op_id,
@@ -1044,24 +1046,46 @@ class SyncEngine:
             )
 
     async def _catch_up(self) -> int:
-        """Pull pages from the cursor until caught up. Returns the number of events pulled."""
+        """Pull pages from the cursor until caught up. Returns the number of events pulled.
+
+        The next page is requested before the current one is applied, so the server's work,
+        the transfer and the decoding overlap the commit (SQLite is the binding stage). Pages
+        are still applied one at a time, in order, each with its cursor (G3).
+        """
         transport = self._require_transport()
+        loop = asyncio.get_running_loop()
         pulled = 0
         async with self._pull_lock:
+            ahead: asyncio.Task[EventPage] | None = None
             while True:
                 try:
-                    page = await transport.pull(self._core.cursor, self._page_size)
+                    if ahead is not None:
+                        page = await ahead
+                    else:
+                        page = await transport.pull(self._core.cursor, self._page_size)
                 except CursorExpired:
+                    ahead = None
                     await self._resync(transport)
                     continue
-                self._apply_page(page)
+                ahead = None
+                if page.has_more:
+                    since = max(page.next, self._core.cursor)
+                    ahead = loop.create_task(transport.pull(since, self._page_size))
+                try:
+                    await self._apply_page(page)
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()
+                        with contextlib.suppress(BaseException):
+                            await ahead
+                    raise
                 pulled += len(page.events)
-                if self._core.receive_page(page):
+                if self._core.receive_page(page):  # no more: nothing was requested ahead
                     return pulled
 
-    def _apply_page(self, page: EventPage) -> None:
+    async def _apply_page(self, page: EventPage) -> None:
         cursor = max(page.next, self._core.cursor)
-        self._apply_safely(page.events, cursor=cursor, synced=not page.has_more)
+        await self._apply_events(page.events, cursor=cursor, synced=not page.has_more)
         for raw, error in page.bad:
             self.store.quarantine(raw, error)
         self._emit_new(page.events)

@@ -33,7 +33,10 @@ from syncengine.events import (
     MessageUpdated,
     ReadReceipt,
     ServerEvent,
+    TypingStarted,
+    TypingStopped,
     UnknownEvent,
+    UserPresenceChanged,
 )
 from syncengine.models import (
     ConnectionState,
@@ -373,10 +376,12 @@ class Store:
         now = self._clock() if now is None else now
         lease_cutoff = now - SENDING_LEASE_S
         with self._db.write() as c:
+            # Stepped lazily, not fetched whole: a long outbox is read only as far as the
+            # batch needs (a 10k backlog was read 20 times over to push it).
             rows = c.execute(
                 f"SELECT n, {_OUTBOX_COLUMNS}, claimed_at, updated_at FROM outbox "
                 "WHERE state IN ('pending', 'sending') ORDER BY n"
-            ).fetchall()
+            )
             blocked: set[str] = set()
             chosen: list[tuple[Any, ...]] = []
             for row in rows:
@@ -396,6 +401,7 @@ class Store:
                 chosen.append(row)
                 if len(chosen) >= limit:
                     break
+            rows.close()
             c.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, "
                 "claimed_at = ?, updated_at = ? WHERE n = ?",
@@ -410,30 +416,41 @@ class Store:
         server copy was already stored by the live channel or a pull, nothing is duplicated.
         Returns True when this call moved the item to SENT (False if it already was).
         """
+        return self.mark_sent_many([result])[0]
+
+    def mark_sent_many(self, results: Sequence[OpResult]) -> list[bool]:
+        """:meth:`mark_sent` for a whole push batch, in one transaction (one commit, not one
+        per operation: a batch of 500 acknowledgements costs about one durable write).
+
+        Returns, for each result, whether this call moved its item to SENT.
+        """
         now = self._clock()
         with self._db.write() as c:
-            row = c.execute(
-                "SELECT kind, conversation_id, state FROM outbox WHERE op_id = ?",
-                (result.op_id,),
-            ).fetchone()
-            if row is None:
-                return False
-            kind, cid, state = OpKind(row[0]), row[1], row[2]
+            return [self._mark_sent_in(c, result, now) for result in results]
+
+    def _mark_sent_in(self, c: Any, result: OpResult, now: float) -> bool:
+        row = c.execute(
+            "SELECT kind, conversation_id, state FROM outbox WHERE op_id = ?",
+            (result.op_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        kind, cid, state = OpKind(row[0]), row[1], row[2]
+        c.execute(
+            "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, "
+            "next_attempt_at = NULL, updated_at = ? WHERE op_id = ?",
+            (orjson.dumps(_result_dict(result)).decode(), now, result.op_id),
+        )
+        if kind is OpKind.SEND and result.message_id and result.seq is not None:
+            created = result.ts_ms / 1000 if result.ts_ms else now
+            self._promote_echo(c, cid, result.op_id, result.message_id, result.seq, created)
+        elif kind is OpKind.CREATE_CONVERSATION:
+            c.execute("UPDATE conversations SET pending = 0 WHERE id = ?", (cid,))
+        if result.seq is not None:
             c.execute(
-                "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, "
-                "next_attempt_at = NULL, updated_at = ? WHERE op_id = ?",
-                (orjson.dumps(_result_dict(result)).decode(), now, result.op_id),
+                "UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?",
+                (result.seq, cid),
             )
-            if kind is OpKind.SEND and result.message_id and result.seq is not None:
-                created = result.ts_ms / 1000 if result.ts_ms else now
-                self._promote_echo(c, cid, result.op_id, result.message_id, result.seq, created)
-            elif kind is OpKind.CREATE_CONVERSATION:
-                c.execute("UPDATE conversations SET pending = 0 WHERE id = ?", (cid,))
-            if result.seq is not None:
-                c.execute(
-                    "UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?",
-                    (result.seq, cid),
-                )
         return state != "sent"
 
     def _promote_echo(
@@ -907,6 +924,50 @@ class Store:
                 (user, status, last_seen, ts_ms),
             )
             return cur.rowcount > 0
+
+    def apply_ephemeral(self, events: Sequence[ServerEvent]) -> list[ServerEvent]:
+        """Record a batch of typing and presence events in one transaction.
+
+        Returns the events less those refused (a presence with an unknown status); other
+        events (unknown types) are kept and not stored.
+        """
+        kept: list[ServerEvent] = []
+        now = self._clock()
+        with self._db.write() as c:
+            for ev in events:
+                if isinstance(ev, TypingStarted):
+                    if ev.user != self.user:
+                        c.execute(
+                            "INSERT INTO typing(conversation_id, user, expires_at, ts_ms) "
+                            "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                            "expires_at = excluded.expires_at, ts_ms = excluded.ts_ms "
+                            "WHERE excluded.ts_ms >= typing.ts_ms",
+                            (ev.conversation_id, ev.user, now + ev.ttl_ms / 1000, ev.ts_ms),
+                        )
+                elif isinstance(ev, TypingStopped):
+                    c.execute(
+                        "INSERT INTO typing(conversation_id, user, expires_at, ts_ms) "
+                        "VALUES (?, ?, 0.0, ?) ON CONFLICT DO UPDATE SET "
+                        "expires_at = excluded.expires_at, ts_ms = excluded.ts_ms "
+                        "WHERE excluded.ts_ms >= typing.ts_ms",
+                        (ev.conversation_id, ev.user, ev.ts_ms),
+                    )
+                elif isinstance(ev, UserPresenceChanged):
+                    try:
+                        status = PresenceStatus(ev.status).value
+                    except ValueError:
+                        continue
+                    last_seen = ev.last_seen_ms / 1000 if ev.last_seen_ms is not None else None
+                    c.execute(
+                        "INSERT INTO presence(user, status, last_seen, ts_ms) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT(user) DO UPDATE SET "
+                        "status = excluded.status, "
+                        "last_seen = COALESCE(excluded.last_seen, presence.last_seen), "
+                        "ts_ms = excluded.ts_ms WHERE excluded.ts_ms >= presence.ts_ms",
+                        (ev.user, status, last_seen, ev.ts_ms),
+                    )
+                kept.append(ev)
+        return kept
 
     def presence(self, user: str) -> Presence | None:
         """A user's last known presence, or None if never seen."""
