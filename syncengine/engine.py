@@ -749,6 +749,12 @@ class SyncEngine:
         transport = self._require_transport()
         self._set_state(ConnectionState.CONNECTING)
         self._core.connection_lost()
+        # The persisted cursor is the truth: the in-memory one follows live events before
+        # their batch commits, so after a failed commit (disk full, store locked) it is ahead
+        # of the store, and pulling from it would skip those events for good (G3, pitfall 2).
+        store = self.store
+        self._core.cursor = store.cursor()
+        self._core.known_seq = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
         link: LiveLink | None = None
         if self._use_live:
             try:
