@@ -69,6 +69,11 @@ _MESSAGE_COLUMNS = """
 """
 
 
+# A dict lookup, not ``MessageState(value)``: an Enum call costs as much as the rest of a
+# row's conversion, and a history page converts 50 rows.
+_MESSAGE_STATES: dict[str, MessageState] = {s.value: s for s in MessageState}
+
+
 def _message(row: Sequence[Any]) -> Message:
     return Message(
         conversation_id=row[0],
@@ -77,7 +82,7 @@ def _message(row: Sequence[Any]) -> Message:
         seq=row[3],
         sender=row[4],
         body=row[5],
-        state=MessageState(row[6]),
+        state=_MESSAGE_STATES.get(row[6]) or MessageState(row[6]),
         created_at=row[7],
         edited_at=row[8],
         deleted=bool(row[9]),
