@@ -783,7 +783,13 @@ def sync(ctx: click.Context, timeout: float) -> None:
 
 
 async def _sync_here(db: Path, timeout: float) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from syncengine.daemon import engine_options
     from syncengine.store import Store
@@ -794,23 +800,24 @@ async def _sync_here(db: Path, timeout: float) -> dict[str, Any]:
         options = engine_options(store)
         server = store.get_meta("server") or ""
     head = await _server_head(server, options)
-    total = max(0, head - start.cursor) if head is not None else None
+    # Measured in stream positions: the backlog up to the head, plus about one event per
+    # operation pushed (each becomes an event that the catch-up pulls back).
+    total = max(1, head - start.cursor + start.pending) if head is not None else None
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} positions"),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
         disable=not err.is_terminal,
     )
     with progress:
-        task = progress.add_task(
-            f"pushing {start.pending} operation(s), then pulling", total=total or None
-        )
+        task = progress.add_task(f"syncing ({start.pending} to push)", total=total)
 
         def update(store: Any) -> None:
-            progress.update(task, completed=max(0, store.cursor() - start.cursor))
+            done = max(0, store.cursor() - start.cursor)
+            progress.update(task, completed=min(done, total) if total is not None else done)
 
         done = await _sync_with_lock(db, timeout, on_progress=update)
     with Store(db) as store:
@@ -947,7 +954,7 @@ class _EventPrinter:
             sys.stdout.flush()
         else:
             assert self._console is not None
-            self._console.print(_human_event(doc), markup=False)
+            self._console.print(_human_event(doc), markup=False, soft_wrap=True)
         self.printed += 1
 
 
