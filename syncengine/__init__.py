@@ -113,4 +113,5 @@ __all__ = [
     "UserPresenceChanged",
     "WireError",
     "__version__",
+    "new_id",
 ]
