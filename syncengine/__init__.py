@@ -7,8 +7,8 @@ The public API::
 
 from __future__ import annotations
 
-from syncengine.blocking import BlockingEngine
-from syncengine.engine import SyncEngine
+import typing as _typing
+
 from syncengine.errors import (
     AuthFailed,
     CursorExpired,
@@ -62,7 +62,30 @@ from syncengine.models import (
     new_id,
 )
 
+if _typing.TYPE_CHECKING:
+    from syncengine.blocking import BlockingEngine
+    from syncengine.engine import SyncEngine
+
 __version__ = "0.1.0"
+
+_LAZY = {"SyncEngine": "syncengine.engine", "BlockingEngine": "syncengine.blocking"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The engine pulls in httpx, websockets and stamina; the CLI's read commands need none of
+    # them, so they are imported on first use (PEP 562) to keep `syncengine status` quick.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'syncengine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AuthFailed",
