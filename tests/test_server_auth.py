@@ -161,7 +161,7 @@ async def test_a_removed_member_loses_access(world: dict[str, Any]) -> None:
 
 
 async def test_tokens_expire_after_their_ttl(tmp_path: Path) -> None:
-    async with open_api("asgi", tmp_path, token_ttl_s=0.2) as api:
+    async with open_api("asgi", tmp_path, token_ttl_s=0.5) as api:
         token = await api.login("alice")
         response = await api.client.post(
             "/v1/login", json={"user": "x", "password": "p", "device": "d"}
@@ -169,7 +169,7 @@ async def test_tokens_expire_after_their_ttl(tmp_path: Path) -> None:
         assert response.json()["expires_in_s"] == 1
         ok = await api.client.get("/v1/conversations", headers=api.auth("alice"))
         assert ok.status_code == 200
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         gone = await api.client.get(
             "/v1/conversations", headers={"Authorization": f"Bearer {token}"}
         )
@@ -280,7 +280,7 @@ async def test_live_stops_delivering_after_removal(uvicorn_world: dict[str, Any]
 
 
 async def test_live_connection_closes_when_its_token_expires(tmp_path: Path) -> None:
-    async with open_api("uvicorn", tmp_path, token_ttl_s=0.3) as api:
+    async with open_api("uvicorn", tmp_path, token_ttl_s=0.6) as api:
         token = await api.login("alice")
         assert api.server is not None
         async with asyncio.timeout(5):

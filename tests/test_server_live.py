@@ -116,7 +116,7 @@ async def test_typing_reaches_others_and_expires(api: Api) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         stopped = await next_frame(alice, "typing_stopped")
-        assert stopped["user"] == "bob" and 0.2 < loop.time() - t0 < 1.0
+        assert stopped["user"] == "bob" and 0.2 < loop.time() - t0 < 3.0
         assert stopped["ts_ms"] >= started["ts_ms"]
         # The typist is not told about their own typing.
         await api.send("alice", cid, "marker")
@@ -125,22 +125,26 @@ async def test_typing_reaches_others_and_expires(api: Api) -> None:
         await bob.close()
 
 
-async def test_typing_stops_on_request_and_on_disconnect(api: Api) -> None:
-    cid = await api.create("alice", ["bob"])
-    async with asyncio.timeout(10):
-        alice, _ = await live(_url(api), api.tokens["alice"])
-        bob, _ = await live(_url(api), api.tokens["bob"])
-        typing = {"type": "typing", "conversation_id": cid, "typing": True}
-        await bob.send(json.dumps(typing))
-        await next_frame(alice, "typing_started")
-        await bob.send(json.dumps({**typing, "typing": False}))
-        await next_frame(alice, "typing_stopped")
-        await bob.send(json.dumps(typing))
-        await next_frame(alice, "typing_started")
-        await bob.close()
-        stopped = await next_frame(alice, "typing_stopped", timeout=0.25)
-        assert stopped["user"] == "bob"
-        await alice.close()
+async def test_typing_stops_on_request_and_on_disconnect(tmp_path: Path) -> None:
+    # A long TTL: every stop seen here comes from the request or the disconnect.
+    async with open_api("uvicorn", tmp_path, typing_ttl_s=30) as api:
+        await api.login("alice")
+        await api.login("bob")
+        cid = await api.create("alice", ["bob"])
+        async with asyncio.timeout(10):
+            alice, _ = await live(_url(api), api.tokens["alice"])
+            bob, _ = await live(_url(api), api.tokens["bob"])
+            typing = {"type": "typing", "conversation_id": cid, "typing": True}
+            await bob.send(json.dumps(typing))
+            await next_frame(alice, "typing_started")
+            await bob.send(json.dumps({**typing, "typing": False}))
+            await next_frame(alice, "typing_stopped")
+            await bob.send(json.dumps(typing))
+            await next_frame(alice, "typing_started")
+            await bob.close()
+            stopped = await next_frame(alice, "typing_stopped", timeout=5)
+            assert stopped["user"] == "bob"
+            await alice.close()
 
 
 async def _presence_of(ws: ClientConnection, user: str) -> dict[str, Any]:
@@ -224,7 +228,7 @@ async def test_oversized_frames_close_with_1009(api: Api) -> None:
 
 
 async def test_frame_floods_are_rate_limited_then_closed(tmp_path: Path) -> None:
-    limits = {"ws_rate_per_s": 2.0, "ws_burst": 2, "ws_flood_limit": 4}
+    limits = {"ws_rate_per_s": 0.5, "ws_burst": 2, "ws_flood_limit": 4}
     async with open_api("uvicorn", tmp_path, **limits) as api:
         await api.login("alice")
         async with asyncio.timeout(5):
@@ -232,7 +236,7 @@ async def test_frame_floods_are_rate_limited_then_closed(tmp_path: Path) -> None
             for _ in range(3):
                 await ws.send(json.dumps({"type": "presence", "status": "away"}))
             error = await next_frame(ws, "error")
-            assert error["code"] == "rate_limited" and 0 < error["retry_after_ms"] <= 500
+            assert error["code"] == "rate_limited" and 0 < error["retry_after_ms"] <= 2000
             for _ in range(5):
                 await ws.send(json.dumps({"type": "presence", "status": "online"}))
             assert await _closed(ws) == (1008, "rate_limited")
