@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from syncengine.store import Store
 from tests.helpers_store import ME, PYTHON, conv_updated, subprocess_env
 
@@ -36,6 +38,7 @@ while True:
 ROUNDS = 15
 
 
+@pytest.mark.slow
 def test_acknowledged_enqueues_survive_kill_9(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     path = tmp_path / "crash.db"
