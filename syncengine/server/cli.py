@@ -13,8 +13,6 @@ import platformdirs
 
 from syncengine.logs import install_redaction
 from syncengine.server.config import FaultConfig, ServerConfig, is_loopback
-from syncengine.server.runner import ServerHandle
-from syncengine.server.state import ApiError
 
 __all__ = ["default_data_dir", "serve"]
 
@@ -56,6 +54,11 @@ def _load_users(path: Path) -> list[tuple[str, str]]:
 
 
 async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
+    # Imported here: every `syncengine` command registers `serve`, and only `serve` needs
+    # Starlette and uvicorn (this keeps the CLI's read commands quick to start).
+    from syncengine.server.runner import ServerHandle
+    from syncengine.server.state import ApiError
+
     handle = ServerHandle(config)
     await handle.start()
     try:
