@@ -52,6 +52,7 @@ def test_acknowledged_enqueues_survive_kill_9(tmp_path: Path, seed: int) -> None
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=subprocess_env(),
+            bufsize=0,  # unbuffered: readline() must not swallow lines communicate() needs
         )
         assert proc.stdout is not None
         if rng.random() < 0.8:
