@@ -481,11 +481,8 @@ class SyncEngine:
         said nothing older exists.
         """
         store = self.store
-        if not store.has_conversation(conversation_id):
-            raise NotFound(f"no conversation {conversation_id} in the store")
-        local = store.messages(conversation_id, before=before, limit=limit)
+        local, lowest, complete = store.page(conversation_id, before=before, limit=limit)
         server_msgs = [m for m in local if m.seq is not None]
-        complete = store.history_complete(conversation_id)
         from_store = True
         if (
             len(server_msgs) < limit
@@ -508,9 +505,8 @@ class SyncEngine:
                     store.set_history_complete(conversation_id)
                     complete = True
                 from_store = False
-                local = store.messages(conversation_id, before=before, limit=limit)
+                local, lowest, _ = store.page(conversation_id, before=before, limit=limit)
                 server_msgs = [m for m in local if m.seq is not None]
-        lowest = store.lowest_seq(conversation_id)
         first = server_msgs[0].seq if server_msgs else None
         older_local = first is not None and lowest is not None and lowest < first
         return HistoryPage(

@@ -1051,30 +1051,62 @@ class Store:
         if limit < 1:
             raise UsageError("limit must be at least 1")
         with self._db.read() as c:
-            if before is None:
-                rows = c.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
-                    "LEFT JOIN message_patches p ON p.message_id = m.id "
-                    "WHERE m.conversation_id = ? AND m.seq IS NOT NULL "
-                    "ORDER BY m.seq DESC LIMIT ?",
-                    (conversation_id, limit),
-                ).fetchall()
-                echoes = c.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
-                    "LEFT JOIN message_patches p ON p.message_id = m.id "
-                    "WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.local_id",
-                    (conversation_id,),
-                ).fetchall()
-            else:
-                rows = c.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
-                    "LEFT JOIN message_patches p ON p.message_id = m.id "
-                    "WHERE m.conversation_id = ? AND m.seq < ? "
-                    "ORDER BY m.seq DESC LIMIT ?",
-                    (conversation_id, before, limit),
-                ).fetchall()
-                echoes = []
+            return self._messages(c, conversation_id, before, limit)
+
+    def _messages(
+        self, c: Any, conversation_id: str, before: int | None, limit: int
+    ) -> list[Message]:
+        if before is None:
+            rows = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
+                "LEFT JOIN message_patches p ON p.message_id = m.id "
+                "WHERE m.conversation_id = ? AND m.seq IS NOT NULL "
+                "ORDER BY m.seq DESC LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
+            echoes = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
+                "LEFT JOIN message_patches p ON p.message_id = m.id "
+                "WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.local_id",
+                (conversation_id,),
+            ).fetchall()
+        else:
+            rows = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
+                "LEFT JOIN message_patches p ON p.message_id = m.id "
+                "WHERE m.conversation_id = ? AND m.seq < ? "
+                "ORDER BY m.seq DESC LIMIT ?",
+                (conversation_id, before, limit),
+            ).fetchall()
+            echoes = []
         return [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+
+    def page(
+        self, conversation_id: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[Message], int | None, bool]:
+        """One read transaction for a history page: ``(messages, lowest stored seq,
+        history complete)``, as :meth:`messages`, :meth:`lowest_seq` and
+        :meth:`history_complete` would answer.
+
+        Raises:
+            NotFound: the conversation is not in the store.
+        """
+        if limit < 1:
+            raise UsageError("limit must be at least 1")
+        with self._db.read() as c:
+            if (
+                c.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+                is None
+            ):
+                raise NotFound(f"no conversation {conversation_id} in the store")
+            messages = self._messages(c, conversation_id, before, limit)
+            lowest = c.execute(
+                "SELECT MIN(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+            complete = c.execute(
+                "SELECT 1 FROM meta WHERE key = ? AND value = '1'", (f"eoh:{conversation_id}",)
+            ).fetchone()
+        return messages, lowest, complete is not None
 
     def message_by_op(self, op_id: str) -> Message | None:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
