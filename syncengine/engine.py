@@ -620,6 +620,11 @@ class SyncEngine:
 
     def _emit_new(self, events: Sequence[ServerEvent]) -> None:
         """Forward applied server events, each durable one once (by pos)."""
+        if not self._subscribers and not self._callbacks:
+            # Nobody listens (a daemon, a bulk catch-up): only the presence hint matters.
+            if not self._presence_stale:
+                self._presence_stale = any(isinstance(ev, ConversationUpdated) for ev in events)
+            return
         seen = self._seen_pos
         for ev in events:
             if isinstance(ev, DurableEvent):

@@ -32,6 +32,7 @@ from cattrs.preconf.orjson import make_converter
 from syncengine.errors import WireError
 from syncengine.events import (
     SERVER_EVENT_TYPES,
+    MessageReceived,
     ServerEvent,
     UnknownEvent,
 )
@@ -250,11 +251,48 @@ def decode_event(obj: Any, *, where: str = "event") -> ServerEvent:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise WireError("missing or non-string event type", field=f"{where}.type")
+    if kind == "message_received":
+        fast = _fast_message(obj)
+        if fast is not None:
+            return fast
     cls = SERVER_EVENT_TYPES.get(kind)
     if cls is None:
         pos = obj.get("pos")
         return UnknownEvent(raw_type=kind, pos=pos if type(pos) is int else None, data=dict(obj))
     return structure(obj, cls, where=where)
+
+
+def _fast_message(obj: dict[str, Any]) -> MessageReceived | None:
+    """The hot path: a well-formed ``message_received`` checked by hand (about twice as fast
+    as the converter). Anything unusual returns None and takes the converter's path, which
+    applies the same rules and names the offending field."""
+    pos, seq, ts = obj.get("pos"), obj.get("seq"), obj.get("ts_ms")
+    cid, mid, sender = obj.get("conversation_id"), obj.get("message_id"), obj.get("sender")
+    body, op = obj.get("body"), obj.get("op_id")
+    if (
+        type(pos) is int
+        and type(seq) is int
+        and type(ts) is int
+        and INT_MIN <= pos <= INT_MAX
+        and INT_MIN <= seq <= INT_MAX
+        and INT_MIN <= ts <= INT_MAX
+        and type(cid) is str
+        and type(mid) is str
+        and type(sender) is str
+        and type(body) is str
+        and (op is None or type(op) is str)
+    ):
+        return MessageReceived(
+            pos=pos,
+            conversation_id=cid,
+            seq=seq,
+            ts_ms=ts,
+            message_id=mid,
+            op_id=op,
+            sender=sender,
+            body=body,
+        )
+    return None
 
 
 def decode_frame(data: str | bytes, *, limit: int = MAX_FRAME_BYTES) -> Any:
