@@ -293,7 +293,9 @@ def test_claim_is_fifo_and_marks_sending(store: Store) -> None:
 
 def test_claim_limit(store: Store) -> None:
     ops = [send(store, f"a{i}") for i in range(5)]
+    assert store.claim(0) == []
     assert [i.op_id for i in store.claim(2)] == ops[:2]
+    assert store.health().sending == 2
 
 
 def test_in_flight_item_holds_back_its_conversation_only(store: Store) -> None:

@@ -378,6 +378,8 @@ class Store:
         FAILED item holds back nothing. A SENDING item whose lease ran out (the process that
         claimed it died) is claimable again.
         """
+        if limit < 1:
+            return []  # the loop below would take one before checking the limit
         now = self._clock() if now is None else now
         lease_cutoff = now - SENDING_LEASE_S
         with self._db.write() as c:
