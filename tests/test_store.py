@@ -156,6 +156,17 @@ def test_same_op_id_twice_returns_the_existing_row(store: Store, db_path: Path) 
     assert [m.body for m in store.messages(CID)] == ["one"]
 
 
+def test_same_op_id_after_the_sent_row_was_pruned(store: Store, clock: Clock) -> None:
+    op_id = send(store, "long ago")
+    store.claim()
+    store.mark_sent(ack(op_id, 2))
+    clock.advance(8 * 86400)
+    assert store.prune_sent() == 1
+    item, created = store.enqueue("send", CID, {"body": "long ago"}, op_id=op_id)
+    assert not created and item.state is OutboxState.SENT
+    assert store.outbox() == [] and store.message_count(CID) == 1
+
+
 def test_local_echo_appears_at_once_as_pending(store: Store, clock: Clock) -> None:
     op_id = send(store, "hi there")
     [echo] = store.messages(CID)

@@ -273,6 +273,24 @@ class Store:
             ).fetchone()
             if row is not None:
                 return _outbox_item(row), False
+            if kind is OpKind.SEND:
+                sent = c.execute(
+                    "SELECT conversation_id, created_at FROM messages "
+                    "WHERE sender = ? AND op_id = ? AND id IS NOT NULL",
+                    (self.user, op_id),
+                ).fetchone()
+                if sent is not None:
+                    # Sent long ago and its outbox row pruned: the op id is still taken (a
+                    # second echo would collide with the server copy), and the send is done.
+                    done = OutboxItem(
+                        op_id=op_id,
+                        kind=kind,
+                        conversation_id=sent[0],
+                        payload=payload,
+                        state=OutboxState.SENT,
+                        created_at=sent[1],
+                    )
+                    return done, False
             self._local_effect(c, kind, conversation_id, payload, op_id, now)
             c.execute(
                 "INSERT INTO outbox(op_id, kind, conversation_id, payload, state, created_at, "
