@@ -18,6 +18,7 @@ from syncengine.errors import (
     Rejected,
     TLSVerificationFailed,
     TransportError,
+    WireError,
 )
 
 __all__ = [
@@ -83,6 +84,10 @@ def classify(exc: BaseException) -> Disposition:
     if isinstance(exc, Rejected):
         return classify_status(exc.status) if exc.status else Disposition.FAIL_OP
     if isinstance(exc, TransportError):
+        return Disposition.RETRY
+    if isinstance(exc, WireError):
+        # A malformed response (a server bug, a garbling middlebox): the request may well
+        # succeed later; stopping the sync loop for good would need a restart to recover.
         return Disposition.RETRY
     return Disposition.STOP
 
