@@ -7,6 +7,7 @@ httpx exceptions and HTTP error statuses are mapped to :mod:`syncengine.errors` 
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,6 +111,8 @@ class RestTransport:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._token: str | None = None
+        # No request before this (monotonic): a 429's Retry-After holds for the whole client.
+        self._blocked_until = 0.0
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             verify=ssl_context if ssl_context is not None else True,
@@ -125,6 +128,13 @@ class RestTransport:
     async def _request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> httpx.Response:
+        wait = self._blocked_until - time.monotonic()
+        if wait > 0:
+            # The server asked this client to wait (429 + Retry-After): honour it for every
+            # request, not only the refused one, and send nothing until then.
+            raise RateLimited(
+                "rate_limited: waiting out the server's Retry-After", retry_after=wait
+            )
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         content = None
         if json is not None:
@@ -143,7 +153,10 @@ class RestTransport:
         except OSError as exc:  # pragma: no cover - httpx wraps these, defensive
             raise ServerUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
         if resp.status_code >= 300:
-            raise error_from_response(resp)
+            error = error_from_response(resp)
+            if isinstance(error, RateLimited) and error.retry_after:
+                self._blocked_until = time.monotonic() + error.retry_after
+            raise error
         return resp
 
     async def health(self) -> dict[str, Any]:
@@ -228,5 +241,3 @@ def _json_object(resp: httpx.Response) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WireError("expected a JSON object", field="body")
     return obj
-
-
