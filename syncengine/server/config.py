@@ -8,24 +8,20 @@ in :mod:`syncengine.server.state`.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from syncengine.transport.base import is_loopback_host
+
 __all__ = ["FaultConfig", "ServerConfig", "is_loopback"]
 
 
-def is_loopback(host: str) -> bool:
-    """True when ``host`` names only this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+# One definition of "loopback" for the client (plain http allowed) and the server (open
+# registration allowed).
+is_loopback = is_loopback_host
 
 
 def _rate(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
