@@ -238,15 +238,16 @@ class DeliveryMachine(RuleBasedStateMachine):
     def first_pull(self) -> None:
         self.pull_page("none")
 
-    @rule(conv=st.sampled_from(CONVERSATIONS))
-    def app_sends(self, conv: str) -> None:
-        self.n += 1
-        op_id = f"op-{self.n}"
-        body = f"alice {self.n}"
-        self.oracle.attempt(conv, USER, body, op_id=op_id)
-        self.store.enqueue(OpKind.SEND, conv, {"body": body}, op_id=op_id)
-        self.oracle.returned(op_id)  # G1: durable once enqueue returned
-        self.counters.attempted += 1
+    @rule(conv=st.sampled_from(CONVERSATIONS), k=st.integers(1, 6))
+    def app_sends(self, conv: str, k: int) -> None:
+        for _ in range(k):
+            self.n += 1
+            op_id = f"op-{self.n}"
+            body = f"alice {self.n}"
+            self.oracle.attempt(conv, USER, body, op_id=op_id)
+            self.store.enqueue(OpKind.SEND, conv, {"body": body}, op_id=op_id)
+            self.oracle.returned(op_id)  # G1: durable once enqueue returned
+            self.counters.attempted += 1
 
     @rule(conv=st.sampled_from(CONVERSATIONS))
     def other_user_sends(self, conv: str) -> None:
