@@ -285,9 +285,32 @@ class DeliveryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.live_next is None)
     @rule()
     def live_connect(self) -> None:
+        """A session: live link subscribed at the head, then a catch-up to it (SYNCING)."""
         self._start_session()
         self.core.receive_ready(self.server.head)
         self.live_next = self.server.head + 1
+        for _ in range(10_000):
+            page = self.server.pull(self.core.cursor, PAGE)
+            self._apply_page(page, list(page.events))
+            if not page.has_more:
+                break
+
+    def _decide_live(self, batch: list[DurableEvent]) -> int | None:
+        """``SyncEngine._apply_live``'s decisions: the cursor the batch commits with; the
+        in-memory cursor others pull from is left where it was until the commit."""
+        before = self.core.cursor
+        cursor = None
+        for ev in batch:
+            decision = self.core.receive_live(ev)
+            if decision.cursor is not None:
+                cursor = decision.cursor
+        self.core.cursor = before
+        return cursor
+
+    def _commit_live(self, batch: list[DurableEvent], cursor: int | None) -> None:
+        self.store.apply_events(batch, cursor=cursor)
+        if cursor is not None and cursor > self.core.cursor:
+            self.core.cursor = cursor
 
     @precondition(lambda self: self.live_next is not None)
     @rule(n=st.integers(1, 5))
@@ -298,12 +321,25 @@ class DeliveryMachine(RuleBasedStateMachine):
         if not batch:
             return
         self.live_next += len(batch)
-        cursor = None
-        for ev in batch:
-            decision = self.core.receive_live(ev)
-            if decision.cursor is not None:
-                cursor = decision.cursor
-        self.store.apply_events(batch, cursor=cursor)
+        self._commit_live(batch, self._decide_live(batch))
+
+    @precondition(lambda self: self.live_next is not None)
+    @rule(n=st.integers(1, 5), fail=st.booleans())
+    def live_batch_racing_a_pull(self, n: int, fail: bool) -> None:
+        """A live batch is decided; while its commit waits (a big batch on a worker thread,
+        a busy store), a pull runs (a daemon job's ``sync_once``); then the commit succeeds,
+        or fails (store locked or full) and the session ends."""
+        assert self.live_next is not None
+        self.server.message(CONVERSATIONS[n % 2], OTHER, f"racing {self.server.head}")
+        batch = self.server.log[self.live_next - 1 : self.live_next - 1 + n]
+        cursor = self._decide_live(batch)
+        self.pull_page("none")
+        if fail:
+            self.counters.fault("live_commit_failed")
+            self._end_session()
+            return
+        self.live_next += len(batch)
+        self._commit_live(batch, cursor)
 
     @precondition(lambda self: self.live_next is not None)
     @rule()
