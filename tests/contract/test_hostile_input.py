@@ -360,9 +360,8 @@ def test_live_decoder_fuzzed_through_the_engine(live_harness: LiveHarness) -> No
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         derandomize=False,
     )
-    @given(data=st.data())
-    def check(data: st.DataObject) -> None:
-        recipes = data.draw(st.lists(RECIPES, min_size=1, max_size=15))
+    @given(recipes=st.lists(RECIPES, min_size=1, max_size=15))
+    def check(recipes: list[tuple[Any, ...]]) -> None:
         live_harness.examples += 1
         live_harness.run(live_harness.play(recipes))
 
