@@ -9,7 +9,8 @@ the live channel) for an engine to reach LIVE, and lets the test put anything on
   text frame verbatim, ``bytes`` as a binary frame, a ``dict`` as JSON.
 - ``srv.page_override``: a callable that returns the raw body (and status) of the next pull.
 - pushes are applied like the real server (dedup on op id): a ``message_received`` event is
-  logged (and sent live) for each new send; ``srv.fail_pushes`` answers them 503 instead.
+  logged (and sent live) for each new send; ``srv.fail_pushes`` answers them 503 instead,
+  ``srv.push_override`` with a raw body (nothing applied).
 
 Runs on 127.0.0.1, port 0, on the caller's event loop, with a tiny uvicorn server.
 """
@@ -61,6 +62,7 @@ class HostileServer:
         self.log: list[tuple[int, str]] = []  # (pos, raw JSON text)
         self.page_override: Callable[[int], tuple[int, bytes]] | None = None
         self.fail_pushes = False  # answer every push 503 (nothing applied)
+        self.push_override: Callable[[], bytes] | None = None  # a raw 200 body for pushes
         self.requests: list[str] = []
         self.connections: set[asyncio.Queue[Frame | None]] = set()
         self.live_connects = 0
@@ -246,6 +248,8 @@ class HostileServer:
             return _json({"code": "unauthorized", "reason": "no"}, 401)
         if self.fail_pushes:
             return _json({"code": "unavailable", "reason": "scripted"}, 503)
+        if self.push_override is not None:
+            return Response(self.push_override(), 200, media_type="application/json")
         body = orjson.loads(await request.body())
         results = []
         for op in body["ops"]:
