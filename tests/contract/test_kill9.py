@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -116,35 +115,42 @@ async def test_kill9_while_sending(
     next_i = 0
     kills: list[dict[str, Any]] = []
     per_run = n_messages // (n_kills + 1)
-    for k in range(n_kills):
-        await child.start(db, next_i, n_messages)
-        if k > 0 and kills[-1]["sending"]:
-            # The rows the last kill left SENDING are recovered by this run, not left stuck.
-            stuck = kills[-1]["sending"]
+    try:
+        for k in range(n_kills):
+            await child.start(db, next_i, n_messages)
+            if k > 0 and kills[-1]["sending"]:
+                # The rows the last kill left SENDING are recovered by this run, not stuck.
+                stuck = kills[-1]["sending"]
+                await eventually(
+                    lambda s=stuck: not (sending_rows(db) & s),
+                    timeout=15,
+                    what=f"{len(stuck)} rows left SENDING by kill -9 recovered after restart",
+                )
+            # a random point of the run (3/4 of a share on average: every kill happens)
+            target = child.acks + rng.randrange(per_run // 2, per_run)
             await eventually(
-                lambda s=stuck: not (sending_rows(db) & s),
-                timeout=15,
-                what=f"{len(stuck)} rows left SENDING by kill -9 recovered after restart",
+                lambda t=target: child.acks >= t or child.attempted >= n_messages,
+                timeout=30,
+                what="the child acknowledges sends",
             )
-        target = child.acks + rng.randrange(per_run // 2, per_run * 3 // 2)
-        await eventually(
-            lambda t=target: child.acks >= t or child.attempted >= n_messages,
-            timeout=30,
-            what="the child acknowledges sends",
-        )
-        await asyncio.sleep(rng.uniform(0, 0.05))
-        await child.kill()
-        oracle.fault("kill -9")
-        next_i = child.attempted  # the op in flight is abandoned, as a crashed app would
-        with Store(db) as store:
-            assert store.integrity_check() == "ok", f"integrity_check failed after kill {k}"
-            health = store.health()
-        kills.append({"at": next_i, "sending": sending_rows(db), "pending": health.pending})
-        if next_i >= n_messages:
-            break
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            await child.kill()
+            oracle.fault("kill -9")
+            next_i = child.attempted  # the op in flight is abandoned, as a crashed app would
+            with Store(db) as store:
+                assert store.integrity_check() == "ok", f"integrity_check failed after kill {k}"
+                health = store.health()
+            kills.append({"at": next_i, "sending": sending_rows(db), "pending": health.pending})
+    finally:
+        if child.proc is not None and child.proc.returncode is None:
+            await child.kill()
     oracle.healed()
     await child.start(db, next_i, n_messages, finish=True)
-    code = await child.wait(120 * TIME_FACTOR)
+    try:
+        code = await child.wait(120 * TIME_FACTOR)
+    finally:
+        if child.proc is not None and child.proc.returncode is None:
+            await child.kill()
     assert code == 0 and child.done, f"the last child failed: {child.lines[-5:]}"
     with Store(db) as store:
         assert store.integrity_check() == "ok"
@@ -161,4 +167,3 @@ async def test_kill9_while_sending(
     oracle.assert_ok(fig)
     assert len(kills) == n_kills
     assert fig.acknowledged >= n_messages - n_kills  # at most one op abandoned per kill
-    assert time.monotonic()  # figures printed above

@@ -109,8 +109,13 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    async with asyncio.timeout(60 * TIME_FACTOR):
-        out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(60 * TIME_FACTOR):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     return proc.returncode or 0, out.decode(errors="replace")
 
 
@@ -546,6 +551,7 @@ def run_membership_example(world: AuthWorld, steps: list[tuple[Any, ...]]) -> No
             world.checks += 1
 
 
+@pytest.mark.timeout(3600 if scale(1) > 1 else 120)
 def test_authorization_matrix_from_a_membership_model(auth_world: AuthWorld) -> None:
     @settings(
         max_examples=scale(25),
