@@ -1047,6 +1047,14 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     Exit status: 0 stopped cleanly, 1 not logged in or sync stopped, 65 damaged store,
     75 another process already syncs this store.
     """
+    # Catch SIGTERM/SIGINT before the heavier imports below: a stop requested while the
+    # daemon starts up must still end in a clean exit 0 (systemd may stop it at any time).
+    import signal
+
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
+
     from syncengine.daemon import DaemonConfig, run_daemon, setup_logging
 
     st = _state(ctx)
@@ -1054,7 +1062,7 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     config = DaemonConfig(
         db_path=st.db, safety_pull_s=safety_pull, prune_after_s=prune_after * 86400
     )
-    ctx.exit(run_daemon(config))
+    ctx.exit(run_daemon(config, early_signals=early))
 
 
 @cli.command(cls=_Command)

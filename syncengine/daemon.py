@@ -316,6 +316,8 @@ class Daemon:
         self.engine: SyncEngine | None = None
         self._lock = StoreLock(config.db_path)
         self._stop = asyncio.Event()
+        #: Signals caught by the caller before the event loop existed (see run_daemon).
+        self.early_signals: list[int] = []
         self._exit_code = EX_OK
         self._token_sig: tuple[int, int, int] | None = None
         self._restarting = False
@@ -333,15 +335,31 @@ class Daemon:
             # Nothing to sync, and no reason to leave a lock file where no store is.
             log.error("not logged in: no store at %s; run 'syncengine login' first", db)
             return EX_FAILURE
+        # Signals are handled from the first moment: a SIGTERM during start-up (opening and
+        # checking the store can take a while) must still end in a clean exit 0.
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        if self.early_signals:  # received before the loop's handlers took over
+            self.request_stop(EX_OK)
+        if self._stop.is_set():
+            return self._exit_code
         try:
-            self._lock.acquire()
-        except StoreLockHeld as exc:
-            log.error("%s: not starting a second daemon", exc)
-            return EX_TEMPFAIL
-        try:
-            return await self._run_locked(db)
+            try:
+                self._lock.acquire()
+            except StoreLockHeld as exc:
+                log.error("%s: not starting a second daemon", exc)
+                return EX_TEMPFAIL
+            try:
+                return await self._run_locked(db)
+            finally:
+                self._lock.release()
         finally:
-            self._lock.release()
+            for installed_sig in installed:
+                loop.remove_signal_handler(installed_sig)
 
     async def _run_locked(self, db: Path) -> int:
         try:
@@ -365,12 +383,9 @@ class Daemon:
             )
             return EX_FAILURE
 
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
+        if self._stop.is_set():
+            # SIGTERM arrived while starting up: stop cleanly before connecting.
+            return self._exit_code
         scheduler = None
         try:
             await self._start_engine(options)
@@ -393,8 +408,6 @@ class Daemon:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await self._close_engine()
-            for installed_sig in installed:
-                loop.remove_signal_handler(installed_sig)
         log.info("daemon stopped (exit %d)", self._exit_code)
         return self._exit_code
 
@@ -559,10 +572,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def run_daemon(config: DaemonConfig) -> int:
-    """Run a daemon on a new event loop until SIGTERM/SIGINT. Returns the exit code."""
+def run_daemon(config: DaemonConfig, *, early_signals: list[int] | None = None) -> int:
+    """Run a daemon on a new event loop until SIGTERM/SIGINT. Returns the exit code.
+
+    ``early_signals`` collects signals received before the event loop existed (the caller's
+    own handler appends to it); any of them stops the daemon cleanly as soon as it starts.
+    """
+    daemon = Daemon(config)
+    daemon.early_signals = early_signals if early_signals is not None else []
     try:
-        return asyncio.run(Daemon(config).run())
+        return asyncio.run(daemon.run())
     except UsageError as exc:
         log.error("%s", _one_line(exc))
         return EX_FAILURE

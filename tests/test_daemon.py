@@ -499,3 +499,20 @@ def test_example_systemd_unit_matches_the_daemon() -> None:
     assert set(service["RestartPreventExitStatus"].split()) == {str(EX_DATAERR), str(EX_TEMPFAIL)}
     assert service["Environment"].startswith("SYNCENGINE_DB=")
     assert service["ExecStart"].endswith("syncengine daemon")
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
+def test_sigterm_during_start_up_is_a_clean_stop(
+    tmp_path: Path, srv: ServerThread, delay: float
+) -> None:
+    # systemd may stop a daemon at any moment, including while it imports and opens the
+    # store: that must still be exit 0 with the lock released, never a death by signal.
+    # (Only the interpreter's own first ~0.2 s, before the CLI module runs, is uncovered.)
+    db = tmp_path / "a.db"
+    login(db, srv.url, "early-alice")
+    with daemon_process(db) as proc:
+        time.sleep(delay)
+        code, took, err = stop(proc)
+    assert code == 0, err
+    assert took < 5
+    assert daemon_info(db) == (False, None)
