@@ -62,6 +62,13 @@ class DaemonProcess:
         )
         self._reader = asyncio.create_task(self._read())
         if wait_live:
+            # The store's recorded state may be a killed daemon's stale "live": wait for this
+            # daemon's own start-up line before trusting it.
+            await eventually(
+                lambda: self.exited or any("daemon started" in line for line in self.lines),
+                timeout=20,
+                what="the daemon starts",
+            )
             await eventually(
                 lambda: self.state() is ConnectionState.LIVE or self.exited,
                 timeout=20,
