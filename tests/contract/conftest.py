@@ -24,9 +24,6 @@ from tests.conftest import FAST
 from tests.contract.oracle import TIME_FACTOR
 from tests.contract.proxy import FaultProxy
 
-#: Every contract scenario uses sockets on 127.0.0.1.
-pytestmark = pytest.mark.integration
-
 EngineFactory = Callable[..., Awaitable[SyncEngine]]
 
 SYNCENGINE = Path(sys.executable).with_name("syncengine")
