@@ -152,9 +152,10 @@ async def test_no_secret_in_any_log_record_exception_or_cli_output(
             with pytest.raises(AuthFailed) as bad_token:
                 await refused.sync_once()
             texts += [str(bad_token.value), repr(bad_token.value), str(await refused.health())]
-        # The CLI, --json, at DEBUG where it has a knob.
+        # The CLI's --json output and its stderr (only the daemon has a log level: it is
+        # checked at DEBUG in test_daemon_contract.py::test_two_daemons_on_one_store).
         db = tmp_path / "cli.db"
-        env = {"SYNCENGINE_PASSWORD": "carol-password", "SYNCENGINE_LOG": "debug"}
+        env = {"SYNCENGINE_PASSWORD": "carol-password"}
         secrets.append("carol-password")
         for args in (
             ("login", server.url, "carol"),
