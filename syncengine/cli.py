@@ -28,6 +28,7 @@ import attrs
 import click
 
 from syncengine import __version__
+from syncengine.clickutil import OneLineCommand, OneLineUsageError
 from syncengine.errors import (
     AuthFailed,
     StoreLockHeld,
@@ -68,23 +69,6 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
-
-
-class _OneLineUsageError(click.ClickException):
-    """A usage error shown as one line, with click's usage exit status (2)."""
-
-    exit_code = 2
-
-
-class _Command(click.Command):
-    """A command whose usage errors are one line on stderr (no usage block)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Parse as usual; turn a usage error into a one-line error."""
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message()) from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -324,7 +308,7 @@ def _read_password() -> str:
     return password
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.argument("server_url")
 @click.argument("user")
 @click.option("--device", default=None, help="This device's name [default: host name + suffix].")
@@ -381,7 +365,7 @@ def login(
         )
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.pass_context
 def logout(ctx: click.Context) -> None:
     """Forget the token. Local messages and queued operations are kept."""
@@ -406,7 +390,7 @@ def logout(ctx: click.Context) -> None:
 # --- reads -------------------------------------------------------------------------------------
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Sync health: connection state, outbox counts, cursor, last sync, daemon."""
@@ -438,7 +422,7 @@ def status(ctx: click.Context) -> None:
     _console().print(table)
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.pass_context
 def conversations(ctx: click.Context) -> None:
     """The conversations in the store, with unread counts."""
@@ -464,7 +448,7 @@ def conversations(ctx: click.Context) -> None:
     _console().print(table)
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.argument("conversation_id")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--before", type=click.IntRange(min=1), default=None, help="Only seq < SEQ.")
@@ -499,7 +483,7 @@ def messages(ctx: click.Context, conversation_id: str, limit: int, before: int |
     _console().print(table)
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.option(
     "--state",
     "state_filter",
@@ -547,7 +531,7 @@ def outbox(ctx: click.Context, state_filter: str | None, limit: int) -> None:
 # --- writes ------------------------------------------------------------------------------------
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.argument("title")
 @click.option("--member", "members", multiple=True, help="A member besides you (repeatable).")
 @click.pass_context
@@ -566,7 +550,7 @@ def create(ctx: click.Context, title: str, members: Sequence[str]) -> None:
         _console().print(f"Queued conversation [bold]{title}[/]: {cid}")
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.argument("conversation_id")
 @click.argument("text")
 @click.option(
@@ -712,7 +696,7 @@ async def _tick(engine: Any, on_progress: Callable[[Any], None]) -> None:
         await asyncio.sleep(0.1)
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.argument("op_ids", nargs=-1)
 @click.option("--all", "all_failed", is_flag=True, help="Requeue every failed operation.")
 @click.pass_context
@@ -720,7 +704,7 @@ def retry(ctx: click.Context, op_ids: Sequence[str], all_failed: bool) -> None:
     """Requeue FAILED operations (named by OP_ID, or --all)."""
     st = _state(ctx)
     if bool(op_ids) == all_failed:
-        raise _OneLineUsageError("name failed operations by OP_ID, or pass --all (not both)")
+        raise OneLineUsageError("name failed operations by OP_ID, or pass --all (not both)")
     store = _require_store(st.db)
     try:
         ids = store.requeue(None if all_failed else list(op_ids))
@@ -735,7 +719,7 @@ def retry(ctx: click.Context, op_ids: Sequence[str], all_failed: bool) -> None:
 # --- talking to the server ---------------------------------------------------------------------
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -888,7 +872,7 @@ async def _wait_for_daemon(db: Path, timeout: float, pid: int | None) -> dict[st
             await asyncio.sleep(0.1)
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.option(
     "--count", type=click.IntRange(min=1), default=None, help="Stop after this many events."
 )
@@ -1019,7 +1003,7 @@ async def _tail_store(db: Path, printer: _EventPrinter, count: int | None) -> No
 # --- long-running ------------------------------------------------------------------------------
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -1065,7 +1049,7 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     ctx.exit(run_daemon(config, early_signals=early))
 
 
-@cli.command(cls=_Command)
+@cli.command(cls=OneLineCommand)
 @click.option(
     "--messages",
     "n_messages",

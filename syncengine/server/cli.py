@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import platformdirs
 
+from syncengine.clickutil import OneLineCommand
 from syncengine.logs import install_redaction
 from syncengine.server.config import FaultConfig, ServerConfig, is_loopback
 
@@ -20,23 +21,6 @@ __all__ = ["default_data_dir", "serve"]
 def default_data_dir() -> Path:
     """Where ``serve`` keeps its database unless ``--data`` says otherwise."""
     return Path(platformdirs.user_data_dir("syncengine")) / "server"
-
-
-class _UsageError(click.ClickException):
-    """A usage error shown as one line (``Error: …``), with click's usage exit code."""
-
-    exit_code = 2
-
-
-class _OneLineErrors(click.Command):
-    """A command whose usage errors are one line on stderr (no usage block)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Parse as usual; turn a usage error into a one-line error."""
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _UsageError(exc.format_message()) from None
 
 
 def _load_users(path: Path) -> list[tuple[str, str]]:
@@ -84,7 +68,7 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
         await handle.stop()
 
 
-@click.command(cls=_OneLineErrors)
+@click.command(cls=OneLineCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--port",
