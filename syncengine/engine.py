@@ -908,20 +908,15 @@ class SyncEngine:
             durable = [ev for ev in batch if isinstance(ev, DurableEvent)]
             cursor: int | None = None
             gap = False
-            before = self._core.cursor
             for ev in durable:
                 decision = self._core.receive_live(ev)
                 if decision.cursor is not None:
                     cursor = decision.cursor
                 gap = gap or decision.gap
-            # The cursor pulls start from moves only once this batch is committed: a pull
-            # meanwhile (a daemon job's sync_once) would otherwise persist a cursor past
-            # events that a failed commit (store locked or full) never stored (G3).
-            self._core.cursor = before
             if durable:
                 await self._apply_events(durable, cursor=cursor)
-                if cursor is not None and cursor > self._core.cursor:
-                    self._core.cursor = cursor
+                if cursor is not None:
+                    self._core.committed(cursor)  # only now may pulls start from it (G3)
             if len(durable) < len(batch):
                 batch = self._apply_ephemeral(batch)
             self._emit_new(batch)

@@ -235,3 +235,19 @@ def test_explicit_stop_sends_false_once() -> None:
     t.update("c", True, now=0)
     assert t.update("c", False, now=1) is False
     assert t.update("c", False, now=2) is None
+
+
+def test_a_live_decision_moves_the_pull_cursor_only_once_committed() -> None:
+    # G3: a pull that runs while a live batch waits for its commit must not start from (and
+    # persist) a position past events that may never be stored.
+    core = SyncCore(cursor=0)
+    core.receive_ready(head=0)
+    core.receive_page(EventPage(events=(), next=5, has_more=False))
+    d = core.receive_live(msg(6, 1))
+    assert d.cursor == 6
+    assert core.pull_request()["since"] == 5  # not yet committed
+    assert core.receive_live(msg(6, 1)).cursor is None  # decided once, even uncommitted
+    core.committed(6)
+    assert core.pull_request()["since"] == 6
+    core.committed(3)  # never backwards
+    assert core.cursor == 6

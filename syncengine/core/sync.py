@@ -141,6 +141,8 @@ class SyncCore:
         self.live_head: int | None = None
         self.caught_up = False
         self.gaps: set[str] = set()
+        # The highest pos a live decision handed out, committed or not (see receive_live).
+        self._live_decided = 0
 
     # --- connection state -------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class SyncCore:
         """The live link is gone: live events no longer prove contiguity."""
         self.live_head = None
         self.caught_up = False
+        self._live_decided = 0
 
     # --- push -------------------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class SyncCore:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
         self.caught_up = False
+        self._live_decided = 0
 
     def receive_live(self, event: DurableEvent) -> LiveDecision:
         """Decide about one live durable event (it is always applied: merging is idempotent).
@@ -227,6 +231,10 @@ class SyncCore:
         The cursor may follow live events only once a pull has caught up past the live head:
         from then on the server's in-order delivery proves nothing visible was skipped. A seq
         jump within a known conversation means something was missed: pull at once.
+
+        The decision does not move :attr:`cursor` (the position pulls start from): the
+        engine reports the commit with :meth:`committed`, so a pull running meanwhile can
+        never persist a cursor past events whose commit then fails (G3).
         """
         cid = event.conversation_id
         last = self.known_seq.get(cid)
@@ -237,15 +245,21 @@ class SyncCore:
             self.gaps.add(cid)
             self.caught_up = False
             return LiveDecision(cursor=None, gap=True)
-        if self.caught_up and event.pos > self.cursor:
-            self.cursor = event.pos
+        if self.caught_up and event.pos > max(self.cursor, self._live_decided):
+            self._live_decided = event.pos
             return LiveDecision(cursor=event.pos, gap=False)
         return LiveDecision(cursor=None, gap=False)
+
+    def committed(self, cursor: int) -> None:
+        """A live batch and its cursor were committed: pulls continue from there."""
+        if cursor > self.cursor:
+            self.cursor = cursor
 
     def resynced(self, head: int) -> None:
         """A resync replaced the store's view as of ``head``."""
         self.cursor = head
         self.caught_up = False
+        self._live_decided = 0
         self.gaps.clear()
 
 

@@ -298,19 +298,17 @@ class DeliveryMachine(RuleBasedStateMachine):
     def _decide_live(self, batch: list[DurableEvent]) -> int | None:
         """``SyncEngine._apply_live``'s decisions: the cursor the batch commits with; the
         in-memory cursor others pull from is left where it was until the commit."""
-        before = self.core.cursor
         cursor = None
         for ev in batch:
             decision = self.core.receive_live(ev)
             if decision.cursor is not None:
                 cursor = decision.cursor
-        self.core.cursor = before
         return cursor
 
     def _commit_live(self, batch: list[DurableEvent], cursor: int | None) -> None:
         self.store.apply_events(batch, cursor=cursor)
-        if cursor is not None and cursor > self.core.cursor:
-            self.core.cursor = cursor
+        if cursor is not None:
+            self.core.committed(cursor)
 
     @precondition(lambda self: self.live_next is not None)
     @rule(n=st.integers(1, 5))
