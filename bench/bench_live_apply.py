@@ -48,7 +48,8 @@ class StubTransport:
         return EventPage(events=(), next=max(since, HEAD), has_more=False)
 
     async def history(self, conversation_id: str, before: int | None, limit: int) -> Any:
-        raise NotImplementedError
+        # Only messages() back-pagination asks for history; this benchmark never reads pages.
+        raise NotImplementedError("the live-apply benchmark never asks for history")
 
     async def conversations(self) -> tuple[list[dict[str, Any]], int]:
         return [], HEAD
