@@ -340,6 +340,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
+            # Loops without signal support (Windows) or a loop off the main thread (tests
+            # that run the daemon in-process) raise these: they then keep default handling.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
