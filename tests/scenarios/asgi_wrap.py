@@ -82,9 +82,7 @@ async def wrapped_server(
                 if task.done():
                     raise RuntimeError(f"the server did not start: {task.exception()!r}")
                 await asyncio.sleep(0.01)
-        yield WrappedServer(
-            f"http://127.0.0.1:{port}", port, inner.state.core.storage, outer
-        )
+        yield WrappedServer(f"http://127.0.0.1:{port}", port, inner.state.core.storage, outer)
     finally:
         server.should_exit = True
         try:

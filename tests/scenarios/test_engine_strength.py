@@ -198,9 +198,7 @@ async def test_resync_after_a_restore_that_lost_messages_of_the_conversation(
 ) -> None:
     """As above, but the restore loses 10 messages of the conversation itself, so the server
     hands their seqs to new messages: alice keeps sending, bob ends with the server's view."""
-    truth, bobs, discontinuities = await _restore_scenario(
-        tmp_path, lost_in_same_conversation=True
-    )
+    truth, bobs, discontinuities = await _restore_scenario(tmp_path, lost_in_same_conversation=True)
     assert bobs == truth, "bob's copy differs from the server's (lost messages kept?)"
     assert discontinuities == 1
 
