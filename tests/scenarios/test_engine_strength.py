@@ -61,8 +61,17 @@ from tests.scenarios.asgi_wrap import (
 pytestmark = [pytest.mark.integration]
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll ``predicate`` (sync or async) until true; returns the seconds it took."""
+def premise(ok: object, what: str) -> None:
+    """A setup check: it raises RuntimeError, never the AssertionError a scenario expects."""
+    if not ok:
+        raise RuntimeError(f"setup failed: {what}")
+
+
+async def until(
+    predicate: Callable[[], Any], timeout: float, what: str, *, setup: bool = False
+) -> float:
+    """Poll ``predicate`` (sync or async) until true; returns the seconds it took. On timeout,
+    AssertionError (RuntimeError for a ``setup`` step)."""
     start = time.monotonic()
     while True:
         value = predicate()
@@ -71,7 +80,7 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> floa
         if value:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+            raise (RuntimeError if setup else AssertionError)(f"not within {timeout:.0f}s: {what}")
         await asyncio.sleep(0.02)
 
 
@@ -118,8 +127,8 @@ async def _restore_scenario(
                 await bob.login(srv.url, "bob", "bob-pw")
                 for i in range(5):
                     await alice.send(cid, f"kept {i}")
-                assert await alice.wait_for_pending(20)
-                await until(lambda: bob.store.message_count(cid) == 5, 20, "bob has the 5")
+                premise(await alice.wait_for_pending(20), "alice delivered 5")
+                await until(lambda: bob.store.message_count(cid) == 5, 20, "5", setup=True)
 
                 await srv.stop()  # the backup is taken here
                 _copy_db(data, backup)
@@ -129,17 +138,17 @@ async def _restore_scenario(
                     lost_in = (await alice.create_conversation("Lost", members=["bob"])).id
                 for i in range(10):
                     await alice.send(lost_in, f"lost by the restore {i}")
-                assert await alice.wait_for_pending(20)
-                await until(lambda: bob.store.message_count() == 15, 20, "bob has 15")
+                premise(await alice.wait_for_pending(20), "alice delivered 10")
+                await until(lambda: bob.store.message_count() == 15, 20, "15", setup=True)
                 await until(
-                    lambda: bob.store.cursor() == srv.state.head, 20, "bob's cursor at the head"
+                    lambda: bob.store.cursor() == srv.state.head, 20, "bob's cursor", setup=True
                 )
                 bob_cursor = bob.store.cursor()
 
                 await srv.stop()  # the server is restored from the backup
                 _copy_db(backup, data)
                 await srv.start()
-                assert srv.state.head < bob_cursor, "bob's cursor is not ahead of the log"
+                premise(srv.state.head < bob_cursor, "bob's cursor is ahead of the log")
                 await until(lambda: discontinuities, 30, "bob resynced")
                 assert await bob.wait_for_state(ConnectionState.LIVE, 20)
             # bob is offline; alice sends 60 more into A, past bob's old cursor

@@ -43,9 +43,15 @@ PULL_LIMIT_MAX = 1000
 assert FLOOD * len(orjson.dumps(HEAVY)) > ENGINE_BODY_LIMIT
 
 
+def _premise(ok: object, what: str) -> None:
+    """Setup checks raise RuntimeError: only the scenario's claim may fail as expected."""
+    if not ok:
+        raise RuntimeError(f"setup failed: {what}")
+
+
 async def _login(http: httpx.AsyncClient, user: str) -> dict[str, str]:
     r = await http.post("/v1/login", json={"user": user, "password": f"{user}-pw", "device": "d"})
-    assert r.status_code == 200, r.text
+    _premise(r.status_code == 200, r.text)
     return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
@@ -60,15 +66,15 @@ async def _flood(url: str, victim: str) -> tuple[str, dict[str, str]]:
             json={"id": cid, "title": "flood", "members": [victim]},
             headers=mallory,
         )
-        assert r.status_code == 201, r.text
+        _premise(r.status_code == 201, r.text)
         for start in range(0, FLOOD, 100):
             ops = [
                 {"op_id": new_id(), "kind": "send", "conversation_id": cid, "body": HEAVY}
                 for _ in range(min(100, FLOOD - start))
             ]
             r = await http.post("/v1/ops", json={"ops": ops}, headers=mallory)
-            assert r.status_code == 200, r.text[:300]
-            assert all(res["status"] == "applied" for res in r.json()["results"])
+            _premise(r.status_code == 200, r.text[:300])
+            _premise(all(res["status"] == "applied" for res in r.json()["results"]), "applied")
     return cid, victim_auth
 
 
@@ -115,7 +121,7 @@ async def test_server_pull_pages_stay_under_the_engine_limit(tmp_path: Path) -> 
                     r = await http.get(
                         "/v1/events", params={"since": since, "limit": limit}, headers=bob
                     )
-                    assert r.status_code == 200, r.text[:300]
+                    _premise(r.status_code == 200, r.text[:300])
                     size = len(r.content)
                     assert size <= ENGINE_BODY_LIMIT, (
                         f"a page of limit={limit} from since={since} is {size:,} bytes, over "
