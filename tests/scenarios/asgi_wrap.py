@@ -7,6 +7,7 @@ engine: the engine only sees bytes on a socket, so the scenarios survive its res
 
 - ``async with wrapped_server(tmp_path, wrap, **config) as srv:`` runs ``wrap(app)`` on a free
   port; ``srv.url``, ``srv.storage`` (the server's truth).
+- ``async with serve_asgi(app) as port:`` runs any ASGI app the same way.
 - :class:`PlainStatus`: answer chosen ``POST /v1/ops`` requests with a bare status and a
   non-JSON body, before the app handles them or after (the effect committed, the answer lost).
 - :class:`DropLiveFrame`: swallow the live frames whose text contains a marker.
@@ -20,7 +21,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import uvicorn
@@ -28,10 +29,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from syncengine.server.app import create_app
 from syncengine.server.config import ServerConfig
-from syncengine.server.storage import Storage
 from syncengine.server.testing import TEST_DEFAULTS
 
-__all__ = ["CountRequests", "DropLiveFrame", "PlainStatus", "WrappedServer", "wrapped_server"]
+__all__ = [
+    "CountRequests",
+    "DropLiveFrame",
+    "PlainStatus",
+    "WrappedServer",
+    "serve_asgi",
+    "wrapped_server",
+]
 
 
 class _Server(uvicorn.Server):
@@ -42,34 +49,26 @@ class _Server(uvicorn.Server):
 
 @attrs.define
 class WrappedServer:
+    """A running wrapped server: its URL and port, the server's storage (the truth tests
+    compare with: ``all_messages(cid)``, ``head``) and the outermost app (the wrapper)."""
+
     url: str
     port: int
-    storage: Storage
+    storage: Any
     app: ASGIApp
 
 
 @contextlib.asynccontextmanager
-async def wrapped_server(
-    tmp_path: Path, wrap: Callable[[ASGIApp], ASGIApp] = lambda app: app, **overrides: Any
-) -> AsyncIterator[WrappedServer]:
-    """The reference server (``ServerConfig(**TEST_DEFAULTS, **overrides)``) as ``wrap(app)``."""
-    config = ServerConfig(data_dir=tmp_path / "server", **{**TEST_DEFAULTS, **overrides})
-    inner = create_app(config)
-    outer = wrap(inner)
+async def serve_asgi(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> AsyncIterator[int]:
+    """Run ``app`` on uvicorn on 127.0.0.1 (a free port) on this event loop; yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-
-    async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
-        # The lifespan (which closes the storage) is the inner app's.
-        await (inner if scope["type"] == "lifespan" else outer)(scope, receive, send)
-
     server = _Server(
         uvicorn.Config(
-            lifespan_app,
+            app,
             log_config=None,
-            lifespan="on",
+            lifespan=lifespan,
             ws="websockets-sansio",
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=2,
@@ -82,7 +81,7 @@ async def wrapped_server(
                 if task.done():
                     raise RuntimeError(f"the server did not start: {task.exception()!r}")
                 await asyncio.sleep(0.01)
-        yield WrappedServer(f"http://127.0.0.1:{port}", port, inner.state.core.storage, outer)
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         try:
@@ -91,6 +90,23 @@ async def wrapped_server(
         except TimeoutError:
             task.cancel()
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def wrapped_server(
+    tmp_path: Path, wrap: Callable[[ASGIApp], ASGIApp] = lambda app: app, **overrides: Any
+) -> AsyncIterator[WrappedServer]:
+    """The reference server (``ServerConfig(**TEST_DEFAULTS, **overrides)``) as ``wrap(app)``."""
+    config = ServerConfig(data_dir=tmp_path / "server", **{**TEST_DEFAULTS, **overrides})
+    inner = create_app(config)
+    outer = wrap(inner)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # The lifespan (which closes the storage) is the inner app's.
+        await (inner if scope["type"] == "lifespan" else outer)(scope, receive, send)
+
+    async with serve_asgi(app, lifespan="on") as port:
+        yield WrappedServer(f"http://127.0.0.1:{port}", port, inner.state.core.storage, outer)
 
 
 class PlainStatus:

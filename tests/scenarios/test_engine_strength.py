@@ -55,6 +55,7 @@ from tests.scenarios.asgi_wrap import (
     CountRequests,
     DropLiveFrame,
     PlainStatus,
+    serve_asgi,
     wrapped_server,
 )
 
@@ -154,7 +155,9 @@ async def _restore_scenario(
             # bob is offline; alice sends 60 more into A, past bob's old cursor
             for i in range(60):
                 await alice.send(cid, f"after the restore {i}")
-            assert await alice.wait_for_pending(30), "alice could not deliver after the restore"
+            assert await alice.wait_for_pending(15), (
+                f"alice could not deliver after the restore (state {alice.state.value})"
+            )
             truth = server_view(srv.state.all_messages(cid))
             assert len(truth) == 65
             assert srv.state.head > bob_cursor
@@ -256,7 +259,7 @@ async def test_plain_error_status_on_a_push_is_retried_and_delivered_once(
 
 # --- the status table of the REST transport ---------------------------------------------------
 
-#: status -> (error class, extra check); transient statuses map to a TransportError.
+#: status -> the error the REST transport must raise (TransportError: transient, retried).
 STATUS_TABLE: dict[int, type[Exception]] = {
     400: Rejected,
     401: AuthFailed,
@@ -280,10 +283,6 @@ async def status_server() -> AsyncIterator[str]:
     """A loopback server whose ``POST /s/{status}/v1/ops`` answers ``status``: a transport
     with the base URL ``http://127.0.0.1:PORT/s/{status}`` gets that status for every push.
     5xx and 408 come with a plain-text body, the others with the protocol's JSON error."""
-    import contextlib
-    import socket
-
-    import uvicorn
 
     async def answer(request: Request) -> Response:
         status = int(request.path_params["status"])
@@ -294,23 +293,8 @@ async def status_server() -> AsyncIterator[str]:
         return Response(body, status, headers, media_type="application/json")
 
     app = Starlette(routes=[Route("/s/{status}/v1/ops", answer, methods=["POST"])])
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
-            yield
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
-    sock.close()
+    async with serve_asgi(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.timeout(30)
@@ -319,6 +303,7 @@ async def test_rest_status_maps_to_its_error(status_server: str, status: int) ->
     """Every status the protocol knows becomes the right error of :mod:`syncengine.errors`:
     5xx and 408 transient (retried), 401 credentials, 410 resync, 429 with its Retry-After,
     the other 4xx a permanent rejection carrying the server's code and the status."""
+    # Imported here: if the transport moves, only this table fails, not the whole file.
     from syncengine.transport.rest import RestTransport
 
     transport = RestTransport(f"{status_server}/s/{status}", timeout_s=5)
