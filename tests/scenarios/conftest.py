@@ -606,6 +606,16 @@ class ScnDaemon:
     def started(self) -> bool:
         return any("daemon started" in line for line in self.lines)
 
+    async def wait_live(self, timeout: float = 20.0) -> None:
+        """Wait until this daemon has started and ``status`` says ``live``."""
+
+        async def live() -> bool:
+            if self.exited:
+                raise AssertionError(f"the daemon exited: {self.lines[-5:]}")
+            return self.started and (await scn_status(self.db))["state"] == "live"
+
+        await scn_until(live, timeout, "the daemon is live", lambda: self.lines[-3:])
+
     async def stop(self) -> int | None:
         if self.proc is None:
             return None
