@@ -105,7 +105,11 @@ def scn_diff(store: list[Row], server: list[Row]) -> str:
     v_ids = {r[0]: r for r in server}
     missing = [v_ids[i][1] for i in v_ids if i not in s_ids]
     extra = [(r[1], r[3][:30]) for i, r in s_ids.items() if i not in v_ids]
-    changed = [(v_ids[i][1], s_ids[i][3:], v_ids[i][3:]) for i in v_ids if i in s_ids and s_ids[i] != v_ids[i]]
+    changed = [
+        (v_ids[i][1], s_ids[i][3:], v_ids[i][3:])
+        for i in v_ids
+        if i in s_ids and s_ids[i] != v_ids[i]
+    ]
     return (
         f"store {len(store)} rows, server {len(server)}; missing seqs {missing[:10]}; "
         f"extra {extra[:5]}; differing (seq, store, server) {changed[:5]}"
@@ -274,6 +278,7 @@ class ScnMiddlebox:
         self._hooks: list[tuple[bytes, Callable[[], Awaitable[None]]]] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._live_writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -302,10 +307,14 @@ class ScnMiddlebox:
         self._hooks.append((pattern.encode(), hook))
 
     def heal(self) -> None:
-        """Forward everything again (connections already hung stay hung until cut)."""
+        """Forward everything again; live connections held hung or silent are closed (the
+        path changed), REST connections are kept."""
         self.live = "pass"
         self.rest_fail = []
         self.drop_frames = []
+        for w in list(self._live_writers):
+            w.transport.abort()
+        self._live_writers.clear()
 
     def cut(self) -> None:
         """Close every open connection."""
@@ -328,6 +337,8 @@ class ScnMiddlebox:
             path = m.group(2).decode() if m else ""
             if path.startswith("/v1/live"):
                 self.live_attempts += 1
+                if self.live in ("hang", "silent"):
+                    self._live_writers.add(writer)
                 await self._live(head, reader, writer)
             else:
                 await self._rest(head, reader, writer)
@@ -339,6 +350,7 @@ class ScnMiddlebox:
             pass
         finally:
             self._writers.discard(writer)
+            self._live_writers.discard(writer)
             writer.transport.abort()
             self._tasks.discard(task)
 
@@ -397,8 +409,11 @@ class ScnMiddlebox:
                 writer.write(data)
                 await writer.drain()
 
-        await _first_of(client_to_server(), server_to_client())
-        up_w.transport.abort()
+        try:
+            await _first_of(client_to_server(), server_to_client())
+        finally:
+            self._writers.discard(up_w)
+            up_w.transport.abort()
 
     async def _live(
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -416,6 +431,21 @@ class ScnMiddlebox:
                 pass
             return
         up_r, up_w = await self._upstream()
+        try:
+            await self._live_upstream(mode, head, reader, writer, up_r, up_w)
+        finally:
+            self._writers.discard(up_w)
+            up_w.transport.abort()
+
+    async def _live_upstream(
+        self,
+        mode: str,
+        head: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+    ) -> None:
         up_w.write(head)
         await up_w.drain()
         response = await self._read_head(up_r)
@@ -443,7 +473,6 @@ class ScnMiddlebox:
                 buf += data
 
         await _first_of(client_to_server(), server_to_client())
-        up_w.transport.abort()
 
     async def _forward_frames(self, buf: bytes, writer: asyncio.StreamWriter) -> bytes:
         """Forward the complete server frames in ``buf`` (less the dropped ones); returns the

@@ -9,8 +9,9 @@ Each scenario ends by comparing a store with the server, row by row:
   history shows him, including the messages sent while he was out (today the pulls skip them
   and back-pagination only looks older than the lowest stored seq);
 - alice's laptop and phone use the same op id for two different messages: the server keeps one
-  message for that op id (the other device's operation is refused), and every store holds each
-  message once (today the server scopes op ids per device and keeps both);
+  message for that op id (the other device's operation is refused, its echo may stay visible
+  as FAILED), and every store holds each server message once (today the server scopes op ids
+  per device and keeps both);
 - alice's store is restored from a backup on a new machine and logged in under a new device
   name: its queue, already pushed from the old device, must not be sent again (today: every
   message twice on the server).
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from syncengine import MessageFailed, SyncEngine, new_id
+from syncengine import MessageFailed, MessageState, SyncEngine, new_id
 from tests.conftest import FAST
 from tests.scenarios.conftest import (
     SCN_CONVERGE_S,
@@ -162,10 +163,17 @@ async def test_same_op_id_from_two_devices_of_one_user(
                 str([(m["device"], m["body"]) for m in on_server])
             )
             truth = scn_server_view(server.state.all_messages(cid))
+            phone_rows = scn_store_view(phone, cid)
+            # The refused send may stay visible on the phone as its own FAILED echo (so the
+            # user can see it and act); every server message is there once, as on the server.
+            echoes = [m for m in phone.store.messages(cid, limit=1000) if m.seq is None]
             return (
                 len(on_server) == 1
                 and scn_store_view(laptop, cid) == truth
-                and scn_store_view(phone, cid) == truth
+                and [r for r in phone_rows if r[1] is not None] == truth
+                and all(
+                    m.body == "from the phone" and m.state is MessageState.FAILED for m in echoes
+                )
                 and any(f.op_id == op_id for f in failures)
             )
 
