@@ -1,13 +1,15 @@
 """The exceptions syncengine raises. Callers never see sqlite3, httpx or websockets errors.
 
 Foreign exceptions are translated at the layer that touches the foreign library
-(``store/`` for sqlite3, ``transport/`` for httpx and websockets), with
-``raise ... from exc`` so the cause stays inspectable.
+(``store/`` for sqlite3; ``transport/boundary.py`` for httpx, websockets, ssl and socket
+errors), with ``raise ... from exc`` so the cause stays inspectable. Which error an HTTP
+status becomes is read from one table, ``core/policy.py::STATUS_TABLE``.
 
 ::
 
     SyncEngineError
-    ├── UsageError                 you called the API wrongly (bad argument, unknown id)
+    ├── UsageError                 you called the API wrongly (bad argument, unknown id,
+    │                              a malformed server URL, a body JSON cannot carry)
     │   └── NotFound               no such conversation / message / operation in the store
     ├── StoreError                 the local SQLite store
     │   ├── StoreLocked            another process held the write lock past the busy timeout
@@ -17,11 +19,12 @@ Foreign exceptions are translated at the layer that touches the foreign library
     │   └── StoreLockHeld          another daemon owns this store (``pid``)
     ├── WireError                  a frame or payload broke the protocol (``field`` names where)
     ├── TransportError             the network, transient: retry with backoff
-    │   ├── ServerUnavailable      5xx, connection refused or cut, timeouts
+    │   ├── ServerUnavailable      5xx, 408, connection refused or cut, timeouts
     │   └── RateLimited            429 (``retry_after`` seconds)
     ├── TLSVerificationFailed      the server's certificate did not verify (permanent)
     ├── AuthFailed                 401: credentials refused or token expired (log in again)
-    ├── Rejected                   a permanent 4xx for one request or operation
+    ├── Rejected                   a permanent 4xx for one request or operation (or an
+    │                              unexpected status, such as a redirect, which is retried)
     └── CursorExpired              410: the cursor is older than the server's retention
 """
 

@@ -1,15 +1,29 @@
-"""Transports: the only code that touches httpx (rest.py) and websockets (live.py)."""
+"""Transports: the only code that touches httpx (rest.py) and websockets (live.py).
+
+Foreign exceptions stop at :mod:`syncengine.transport.boundary`; HTTP statuses are read
+through :data:`syncengine.core.policy.STATUS_TABLE`.
+"""
 
 from __future__ import annotations
 
 import typing as _typing
 
 from syncengine.transport.base import LiveLink, LiveUnavailable, Transport, make_ssl_context
+from syncengine.transport.snapshots import ConversationList, ConversationSnapshot, PresenceSnapshot
 
 if _typing.TYPE_CHECKING:
     from syncengine.transport.rest import RestTransport
 
-__all__ = ["LiveLink", "LiveUnavailable", "RestTransport", "Transport", "make_ssl_context"]
+__all__ = [
+    "ConversationList",
+    "ConversationSnapshot",
+    "LiveLink",
+    "LiveUnavailable",
+    "PresenceSnapshot",
+    "RestTransport",
+    "Transport",
+    "make_ssl_context",
+]
 
 
 def __getattr__(name: str) -> _typing.Any:

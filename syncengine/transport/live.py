@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -23,15 +22,11 @@ from websockets.exceptions import (
 )
 
 from syncengine import wire
-from syncengine.errors import (
-    AuthFailed,
-    ServerUnavailable,
-    TLSVerificationFailed,
-    UsageError,
-    WireError,
-)
+from syncengine.core.policy import error_for_close, error_for_handshake
+from syncengine.errors import ServerUnavailable, SyncEngineError, UsageError, WireError
 from syncengine.events import ServerEvent
 from syncengine.transport.base import LiveUnavailable
+from syncengine.transport.boundary import Rule, encode_json, map_exceptions, raise_mapped
 
 __all__ = ["WebSocketLink"]
 
@@ -40,19 +35,64 @@ log = logging.getLogger("syncengine.live")
 
 def _closed_error(exc: ConnectionClosed) -> Exception:
     rcvd = exc.rcvd
-    if rcvd is not None and rcvd.code == 1008 and rcvd.reason == "unauthorized":
-        return AuthFailed("the server refused the token on the live channel")
-    code = rcvd.code if rcvd is not None else None
-    reason = rcvd.reason if rcvd is not None else ""
-    return ServerUnavailable(f"live channel closed (code {code} {reason})".strip())
+    if rcvd is None:
+        return error_for_close(None, "")
+    return error_for_close(rcvd.code, rcvd.reason)
+
+
+def _refused(exc: BaseException) -> Exception:
+    # The handshake got an HTTP answer other than 101: the status table says whether that
+    # is the server (retry), the token (log in) or the live path itself (poll over REST).
+    status = cast(InvalidStatus, exc).response.status_code
+    error = error_for_handshake(status)
+    return error if error is not None else LiveUnavailable(f"live channel refused: HTTP {status}")
+
+
+def _rules(url: str) -> tuple[Rule, ...]:
+    def closed(exc: BaseException) -> Exception:
+        return _closed_error(cast(ConnectionClosed, exc))
+
+    def bad_uri(exc: BaseException) -> Exception:
+        return UsageError(f"invalid live URL: {url}")
+
+    def failed(exc: BaseException) -> Exception:
+        return LiveUnavailable(f"live channel handshake failed: {exc}")
+
+    def unreachable(exc: BaseException) -> Exception:
+        return ServerUnavailable(f"cannot reach {url}: {type(exc).__name__}")
+
+    return (
+        ((InvalidStatus,), _refused),
+        ((InvalidURI,), bad_uri),
+        ((ConnectionClosed,), closed),
+        ((InvalidHandshake,), failed),
+        ((TimeoutError,), unreachable),
+    )
+
+
+async def _authenticate(ws: ClientConnection, token: str, timeout: float) -> int:
+    """Send the token in the first frame and wait for ``ready``; returns its ``head``."""
+    await ws.send(encode_json({"type": "auth", "token": token}).decode())
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await ws.recv()
+    except TimeoutError as exc:
+        raise ServerUnavailable("live channel: no ready frame in time") from exc
+    frame = wire.decode_frame(raw)
+    head = frame.get("head")
+    if frame.get("type") != "ready" or type(head) is not int:
+        raise WireError("expected a ready frame with head", field="ready")
+    return head
 
 
 class WebSocketLink:
     """One authenticated live connection. Use :meth:`connect`."""
 
-    def __init__(self, ws: ClientConnection, head: int) -> None:
+    def __init__(self, ws: ClientConnection, head: int, *, url: str = "") -> None:
         self._ws = ws
         self.head = head
+        self._url = url
+        self._rules = _rules(url)
 
     @classmethod
     async def connect(
@@ -71,12 +111,15 @@ class WebSocketLink:
             LiveUnavailable: the WebSocket handshake was refused (poll over REST instead).
             AuthFailed: the token was refused.
             TLSVerificationFailed: the certificate did not verify.
-            ServerUnavailable: the server could not be reached.
+            ServerUnavailable: the server could not be reached, or failed (5xx).
+            UsageError: the URL is unusable.
+            WireError: the server's first frame was not ``ready``.
         """
         kwargs: dict[str, Any] = {}
         if ssl_context is not None:
             kwargs["ssl"] = ssl_context
-        try:
+        rules = _rules(url)
+        with map_exceptions(url, rules):
             ws = await connect(
                 url,
                 compression=None,
@@ -88,37 +131,14 @@ class WebSocketLink:
                 max_queue=4096,
                 **kwargs,
             )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 401:
-                raise AuthFailed("the server refused the token on the live channel") from exc
-            if status >= 500:
-                raise ServerUnavailable(f"live channel handshake: HTTP {status}") from exc
-            raise LiveUnavailable(f"live channel refused: HTTP {status}") from exc
-        except InvalidURI as exc:
-            raise UsageError(f"invalid live URL: {url}") from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise TLSVerificationFailed(f"TLS verification failed for {url}: {exc}") from exc
-        except InvalidHandshake as exc:
-            raise LiveUnavailable(f"live channel handshake failed: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise ServerUnavailable(f"cannot reach {url}: {type(exc).__name__}") from exc
+        link = cls(ws, 0, url=url)
         try:
-            await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
-            async with asyncio.timeout(open_timeout):
-                raw = await ws.recv()
-            frame = wire.decode_frame(raw)
-            if frame.get("type") != "ready" or type(frame.get("head")) is not int:
-                raise WireError("expected a ready frame with head", field="ready")
-        except ConnectionClosed as exc:
-            raise _closed_error(exc) from exc
-        except TimeoutError as exc:
-            await ws.close()
-            raise ServerUnavailable("live channel: no ready frame in time") from exc
-        except WireError:
-            await ws.close()
+            with map_exceptions(url, rules):
+                link.head = await _authenticate(ws, token, open_timeout)
+        except (SyncEngineError, LiveUnavailable):
+            await link.close()
             raise
-        return cls(ws, frame["head"])
+        return link
 
     async def recv(self) -> ServerEvent | None:
         """The next event; None for frames that are not events (``ready``, ``pong``...).
@@ -131,6 +151,8 @@ class WebSocketLink:
             raw = await self._ws.recv()
         except ConnectionClosed as exc:
             raise _closed_error(exc) from exc
+        except Exception as exc:
+            raise_mapped(exc, self._url, self._rules)
         obj = wire.decode_frame(raw)
         kind = obj.get("type")
         if kind == "ready":
@@ -138,18 +160,24 @@ class WebSocketLink:
         return wire.decode_event(obj)
 
     async def _send(self, obj: dict[str, Any]) -> None:
+        data = encode_json(obj).decode()
         try:
-            await self._ws.send(orjson.dumps(obj).decode())
+            await self._ws.send(data)
         except ConnectionClosed as exc:
             raise _closed_error(exc) from exc
+        except Exception as exc:
+            raise_mapped(exc, self._url, self._rules)
 
     async def send_typing(self, conversation_id: str, typing: bool) -> None:
+        """Tell the server this user started or stopped typing in a conversation."""
         await self._send({"type": "typing", "conversation_id": conversation_id, "typing": typing})
 
     async def send_presence(self, status: str) -> None:
+        """Tell the server this user's presence (``online`` or ``away``)."""
         await self._send({"type": "presence", "status": status})
 
     async def close(self) -> None:
+        """Close the connection; never raises (the link may already be dead)."""
         try:
             await self._ws.close()
         except Exception:  # pragma: no cover - closing a dead socket

@@ -1,7 +1,11 @@
 """REST transport (httpx): the only module that touches httpx.
 
-httpx exceptions and HTTP error statuses are mapped to :mod:`syncengine.errors` here, with
-``raise ... from exc``. The token travels only in the ``Authorization`` header.
+Every httpx call runs inside :func:`~syncengine.transport.boundary.map_exceptions`, so callers
+see only :mod:`syncengine.errors`; an HTTP error status becomes the error that
+:data:`syncengine.core.policy.STATUS_TABLE` names for it. Bytes cross this edge: request
+bodies are encoded here, response bodies are read here (never beyond
+:data:`~syncengine.wire.MAX_PAGE_BYTES`) and decoded into typed values. The token travels only
+in the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -10,73 +14,109 @@ import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
 
 from syncengine import wire
+from syncengine.core.policy import RetryAfterGate, error_for_status, retry_after_seconds
 from syncengine.errors import (
     AuthFailed,
-    CursorExpired,
     RateLimited,
-    Rejected,
     ServerUnavailable,
     SyncEngineError,
-    TLSVerificationFailed,
+    UsageError,
     WireError,
 )
 from syncengine.transport.base import LiveLink, check_url
+from syncengine.transport.boundary import Rule, encode_json, map_exceptions
+from syncengine.transport.snapshots import (
+    ConversationList,
+    PresenceSnapshot,
+    decode_conversations,
+    decode_presence,
+)
 from syncengine.wire import EventPage, HistoryPageWire, OpResult
 
-__all__ = ["RestTransport", "error_from_response"]
+__all__ = ["RestTransport", "error_from_body", "error_from_response"]
 
 
-def _is_tls_failure(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
-            seen
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def error_from_body(
+    status: int, body: bytes, *, retry_after: str | None = None, reason_phrase: str = ""
+) -> SyncEngineError:
+    """The typed error for a non-2xx answer, from its status, body and ``Retry-After``.
 
-
-def _retry_after(resp: httpx.Response, body: dict[str, Any]) -> float | None:
-    header = resp.headers.get("retry-after")
-    if header:
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            pass
-    ms = body.get("retry_after_ms")
-    if isinstance(ms, int | float) and not isinstance(ms, bool):
-        return max(0.0, ms / 1000)
-    return None
+    The error type comes from :data:`syncengine.core.policy.STATUS_TABLE`; the body only
+    supplies the server's ``code``, ``reason`` and ``retry_after_ms``.
+    """
+    try:
+        parsed = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        parsed = {}
+    fields: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    code = str(fields.get("code") or f"http_{status}")
+    reason = str(fields.get("reason") or reason_phrase or "request failed")[:500]
+    pause = retry_after_seconds(retry_after, fields.get("retry_after_ms"))
+    return error_for_status(status, code, reason, retry_after=pause)
 
 
 def error_from_response(resp: httpx.Response) -> SyncEngineError:
-    """The typed error for a non-2xx response."""
-    try:
-        body = orjson.loads(resp.content) if resp.content else {}
-        if not isinstance(body, dict):
-            body = {}
-    except orjson.JSONDecodeError:
-        body = {}
-    code = str(body.get("code") or f"http_{resp.status_code}")
-    reason = str(body.get("reason") or resp.reason_phrase or "request failed")[:500]
-    status = resp.status_code
-    if status == 401:
-        return AuthFailed(f"{code}: {reason}")
-    if status == 410:
-        return CursorExpired(f"{code}: {reason}")
-    if status == 429:
-        return RateLimited(f"{code}: {reason}", retry_after=_retry_after(resp, body))
-    if status >= 500 or status == 408:
-        return ServerUnavailable(f"server error {status}: {reason}")
-    return Rejected(code, reason, status=status)
+    """The typed error for a non-2xx response (read in full)."""
+    return error_from_body(
+        resp.status_code,
+        resp.content,
+        retry_after=resp.headers.get("retry-after"),
+        reason_phrase=resp.reason_phrase,
+    )
+
+
+def _unreachable(base_url: str) -> Rule:
+    def build(exc: BaseException) -> Exception:
+        return ServerUnavailable(f"cannot reach {base_url}: {type(exc).__name__}")
+
+    return ((httpx.HTTPError,), build)
+
+
+def _rules(base_url: str) -> tuple[Rule, ...]:
+    # InvalidURL is no HTTPError, and UnsupportedProtocol is a "transport" error to httpx;
+    # both mean the URL itself is unusable, which no retry fixes.
+    def bad_url(exc: BaseException) -> Exception:
+        return UsageError(f"invalid server URL {base_url}: {exc}")
+
+    return (((httpx.InvalidURL, httpx.UnsupportedProtocol), bad_url), _unreachable(base_url))
+
+
+#: How much of an error answer is read: its code and reason fit; a proxy's HTML page is cut.
+ERROR_BODY_BYTES = 64 << 10
+
+
+async def _read_body(resp: httpx.Response, limit: int, *, cut: bool = False) -> bytes:
+    """The response body, never holding more than ``limit`` bytes.
+
+    Args:
+        resp: a streamed response.
+        limit: the most bytes kept.
+        cut: keep the first ``limit`` bytes of a longer body instead of refusing it (for
+            error answers, whose status matters more than their body).
+
+    Raises:
+        WireError: the body is longer than ``limit`` (unless ``cut``).
+    """
+    declared = resp.headers.get("content-length")
+    if not cut and declared is not None and declared.isdigit() and int(declared) > limit:
+        raise WireError(f"too large: {declared} bytes > limit {limit}", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if not cut:
+                raise WireError(f"too large: over {limit} bytes", field="body")
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class RestTransport:
@@ -86,9 +126,16 @@ class RestTransport:
         base_url: ``https://host:port`` (plain http only for loopback, or with
             ``allow_insecure``).
         ssl_context: the TLS context shared with the live channel.
+        allow_insecure: allow plain http to a host that is not loopback.
         timeout_s: per-request timeout.
         live_url: override of the WebSocket URL (default: derived from ``base_url``).
-        heartbeat_interval_s, heartbeat_timeout_s: WebSocket ping cadence and deadline.
+        heartbeat_interval_s: WebSocket ping cadence.
+        heartbeat_timeout_s: WebSocket ping deadline.
+        http_transport: an httpx transport to send through instead of the network (tests use
+            ``httpx.MockTransport``).
+
+    Raises:
+        UsageError: an unusable URL (see :func:`~syncengine.transport.base.check_url`).
     """
 
     def __init__(
@@ -101,6 +148,7 @@ class RestTransport:
         live_url: str | None = None,
         heartbeat_interval_s: float = 2.0,
         heartbeat_timeout_s: float = 3.0,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = check_url(base_url, allow_insecure=allow_insecure)
         self.ssl_context = ssl_context
@@ -111,15 +159,18 @@ class RestTransport:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._token: str | None = None
-        # No request before this (monotonic): a 429's Retry-After holds for the whole client.
-        self._blocked_until = 0.0
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            verify=ssl_context if ssl_context is not None else True,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            headers={"User-Agent": "syncengine/0.1"},
-            follow_redirects=False,
-        )
+        # A 429's Retry-After holds for the whole client, not only the refused request.
+        self._gate = RetryAfterGate()
+        self._rules = _rules(self.base_url)
+        with map_exceptions(self.base_url, self._rules):
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                verify=ssl_context if ssl_context is not None else True,
+                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+                headers={"User-Agent": "syncengine/0.1"},
+                follow_redirects=False,
+                transport=http_transport,
+            )
 
     def set_token(self, token: str | None) -> None:
         """Use ``token`` for every following request (None: anonymous)."""
@@ -127,99 +178,109 @@ class RestTransport:
 
     async def _request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
-    ) -> httpx.Response:
-        wait = self._blocked_until - time.monotonic()
+    ) -> bytes:
+        """Send one request; the body of its 2xx answer, or the typed error for its status."""
+        wait = self._gate.wait(time.monotonic())
         if wait > 0:
-            # The server asked this client to wait (429 + Retry-After): honour it for every
-            # request, not only the refused one, and send nothing until then.
+            # The server asked this client to wait (429 + Retry-After): send nothing until then.
             raise RateLimited(
                 "rate_limited: waiting out the server's Retry-After", retry_after=wait
             )
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         content = None
         if json is not None:
-            content = orjson.dumps(json)
+            content = encode_json(json)
             headers["Content-Type"] = "application/json"
-        try:
-            resp = await self._client.request(
+        with map_exceptions(self.base_url, self._rules):
+            request = self._client.build_request(
                 method, path, content=content, params=params, headers=headers
             )
-        except httpx.HTTPError as exc:
-            if _is_tls_failure(exc):
-                raise TLSVerificationFailed(
-                    f"TLS verification failed for {self.base_url}: {exc}"
-                ) from exc
-            raise ServerUnavailable(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
-        except OSError as exc:  # pragma: no cover - httpx wraps these, defensive
-            raise ServerUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
-        if resp.status_code >= 300:
-            error = error_from_response(resp)
-            if isinstance(error, RateLimited) and error.retry_after:
-                self._blocked_until = time.monotonic() + error.retry_after
-            raise error
-        return resp
+            resp = await self._client.send(request, stream=True)
+            try:
+                if resp.status_code < 300:
+                    return await _read_body(resp, wire.MAX_PAGE_BYTES)
+                body = await _read_body(resp, ERROR_BODY_BYTES, cut=True)
+            finally:
+                await resp.aclose()
+        error = error_from_body(
+            resp.status_code,
+            body,
+            retry_after=resp.headers.get("retry-after"),
+            reason_phrase=resp.reason_phrase,
+        )
+        if isinstance(error, RateLimited) and error.retry_after:
+            self._gate.hold(time.monotonic(), error.retry_after)
+        raise error
 
     async def health(self) -> dict[str, Any]:
         """``GET /v1/health`` (no auth)."""
-        resp = await self._request("GET", "/v1/health")
-        return _json_object(resp)
+        return _json_object(await self._request("GET", "/v1/health"))
 
     async def login(self, user: str, password: str, device: str) -> str:
         """``POST /v1/login``; returns the token (not stored here)."""
-        resp = await self._request(
-            "POST", "/v1/login", json={"user": user, "password": password, "device": device}
+        body = _json_object(
+            await self._request(
+                "POST", "/v1/login", json={"user": user, "password": password, "device": device}
+            )
         )
-        body = _json_object(resp)
         token = body.get("token")
         if not isinstance(token, str) or not token:
             raise WireError("login response without a token", field="token")
         return token
 
     async def push(self, ops: Sequence[dict[str, Any]]) -> list[OpResult]:
-        resp = await self._request("POST", "/v1/ops", json={"ops": list(ops)})
-        return wire.decode_op_results(resp.content)
+        """``POST /v1/ops``: one verdict per operation."""
+        return wire.decode_op_results(
+            await self._request("POST", "/v1/ops", json={"ops": list(ops)})
+        )
 
     async def pull(self, since: int, limit: int) -> EventPage:
-        resp = await self._request("GET", "/v1/events", params={"since": since, "limit": limit})
-        return wire.decode_page(resp.content)
+        """``GET /v1/events?since=&limit=``: one page of events."""
+        return wire.decode_page(
+            await self._request("GET", "/v1/events", params={"since": since, "limit": limit})
+        )
 
     async def history(
         self, conversation_id: str, before: int | None, limit: int
     ) -> HistoryPageWire:
+        """``GET /v1/conversations/{id}/messages``: one page of history, oldest first."""
         params: dict[str, Any] = {"limit": limit}
         if before is not None:
             params["before"] = before
-        resp = await self._request(
-            "GET", f"/v1/conversations/{conversation_id}/messages", params=params
-        )
-        return wire.decode_history(resp.content)
+        path = f"/v1/conversations/{_segment(conversation_id)}/messages"
+        return wire.decode_history(await self._request("GET", path, params=params))
+
+    async def conversation_list(self) -> ConversationList:
+        """``GET /v1/conversations``, typed: the user's conversations and the head."""
+        return decode_conversations(await self._request("GET", "/v1/conversations"))
+
+    async def presence_list(self) -> tuple[PresenceSnapshot, ...]:
+        """``GET /v1/presence``, typed: every user who shares a conversation with this one."""
+        return decode_presence(await self._request("GET", "/v1/presence"))
 
     async def conversations(self) -> tuple[list[dict[str, Any]], int]:
-        body = _json_object(await self._request("GET", "/v1/conversations"))
-        convs = body.get("conversations")
-        head = body.get("head")
-        if not isinstance(convs, list) or type(head) is not int:
-            raise WireError("expected conversations list and head", field="conversations")
-        return [c for c in convs if isinstance(c, dict)], head
+        """:meth:`conversation_list` in the dict shape the engine reads."""
+        snapshot = await self.conversation_list()
+        return [c.as_dict() for c in snapshot.conversations], snapshot.head
 
     async def presence(self) -> list[dict[str, Any]]:
-        body = _json_object(await self._request("GET", "/v1/presence"))
-        items = body.get("presence")
-        if not isinstance(items, list):
-            raise WireError("expected a presence list", field="presence")
-        return [p for p in items if isinstance(p, dict)]
+        """:meth:`presence_list` in the dict shape the engine reads."""
+        return [p.as_dict() for p in await self.presence_list()]
 
     async def create_conversation(
         self, conversation_id: str, title: str, members: Sequence[str]
     ) -> dict[str, Any]:
-        resp = await self._request(
-            "POST",
-            "/v1/conversations",
-            json={"id": conversation_id, "title": title, "members": list(members)},
+        """``POST /v1/conversations``: the conversation as the server stored it."""
+        return _json_object(
+            await self._request(
+                "POST",
+                "/v1/conversations",
+                json={"id": conversation_id, "title": title, "members": list(members)},
+            )
         )
-        return _json_object(resp)
 
     async def connect_live(self) -> LiveLink:
+        """Open the live channel with this transport's token and TLS context."""
         from syncengine.transport.live import WebSocketLink
 
         if self._token is None:
@@ -233,11 +294,18 @@ class RestTransport:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close the connection pool."""
+        with map_exceptions(self.base_url, self._rules):
+            await self._client.aclose()
 
 
-def _json_object(resp: httpx.Response) -> dict[str, Any]:
-    obj = wire.decode_json(resp.content, limit=wire.MAX_PAGE_BYTES)
+def _segment(value: str) -> str:
+    # An id is one path segment: a "/", "?" or "#" in it must not reach another endpoint.
+    return quote(value, safe="")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    obj = wire.decode_json(body, limit=wire.MAX_PAGE_BYTES)
     if not isinstance(obj, dict):
         raise WireError("expected a JSON object", field="body")
     return obj
