@@ -1,22 +1,31 @@
-"""Typed events: what the server sends, and what the engine tells the application.
-
-Server events travel in one tagged JSON format (``"type"`` names the class, see
-``docs/protocol.md``). Durable events carry ``pos`` (the global stream position, the cursor)
-and ``seq`` (dense per conversation); ephemeral ones (typing, presence) carry neither and are
-ordered by the server's ``ts_ms``.
-
-Engine events are facts in the past tense that the engine emits to ``SyncEngine.events()`` and
-``SyncEngine.on()`` callbacks; server events are forwarded to the application too, after they
-were applied to the store.
-"""
+"""Typed events; they live in :mod:`syncengine.protocol.events` (this path keeps working)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import attrs
-
-from syncengine.models import ConnectionState, Message
+from syncengine.protocol.events import *  # noqa: F403
+from syncengine.protocol.events import (
+    SERVER_EVENT_TYPES,
+    ConnectionStateChanged,
+    ConversationUpdated,
+    Discontinuity,
+    DurableEvent,
+    EngineEvent,
+    ErrorEvent,
+    Event,
+    MessageDeleted,
+    MessageFailed,
+    MessageQueued,
+    MessageReceived,
+    MessageSent,
+    MessageUpdated,
+    ReadReceipt,
+    ServerEvent,
+    SyncCompleted,
+    TypingStarted,
+    TypingStopped,
+    UnknownEvent,
+    UserPresenceChanged,
+)
 
 __all__ = [
     "SERVER_EVENT_TYPES",
@@ -41,201 +50,3 @@ __all__ = [
     "UnknownEvent",
     "UserPresenceChanged",
 ]
-
-
-@attrs.frozen(kw_only=True)
-class ServerEvent:
-    """Base of every event that comes from the server."""
-
-    type: ClassVar[str] = ""
-
-
-@attrs.frozen(kw_only=True)
-class DurableEvent(ServerEvent):
-    """A logged event: it has a stream position and a per-conversation sequence number."""
-
-    pos: int
-    conversation_id: str
-    seq: int
-    ts_ms: int
-
-
-@attrs.frozen(kw_only=True)
-class MessageReceived(DurableEvent):
-    """A message was stored by the server."""
-
-    type: ClassVar[str] = "message_received"
-    message_id: str
-    op_id: str | None = None
-    sender: str
-    body: str
-
-
-@attrs.frozen(kw_only=True)
-class MessageUpdated(DurableEvent):
-    """A message's body was edited."""
-
-    type: ClassVar[str] = "message_updated"
-    message_id: str
-    body: str
-    editor: str
-
-
-@attrs.frozen(kw_only=True)
-class MessageDeleted(DurableEvent):
-    """A message was deleted (its body is gone; the seq stays taken)."""
-
-    type: ClassVar[str] = "message_deleted"
-    message_id: str
-    deleted_by: str
-
-
-@attrs.frozen(kw_only=True)
-class ConversationUpdated(DurableEvent):
-    """A conversation was created, renamed, or its members changed. Carries the full state."""
-
-    type: ClassVar[str] = "conversation_updated"
-    title: str
-    members: tuple[str, ...]
-    actor: str
-
-
-@attrs.frozen(kw_only=True)
-class ReadReceipt(DurableEvent):
-    """``user`` has read the conversation up to ``read_seq``."""
-
-    type: ClassVar[str] = "read_receipt"
-    user: str
-    read_seq: int
-
-
-@attrs.frozen(kw_only=True)
-class TypingStarted(ServerEvent):
-    """``user`` is typing in a conversation; the indicator expires after ``ttl_ms``."""
-
-    type: ClassVar[str] = "typing_started"
-    conversation_id: str
-    user: str
-    ttl_ms: int = 8000
-    ts_ms: int
-
-
-@attrs.frozen(kw_only=True)
-class TypingStopped(ServerEvent):
-    """``user`` stopped typing (or their typing expired on the server)."""
-
-    type: ClassVar[str] = "typing_stopped"
-    conversation_id: str
-    user: str
-    ts_ms: int
-
-
-@attrs.frozen(kw_only=True)
-class UserPresenceChanged(ServerEvent):
-    """A user's presence changed; ``last_seen_ms`` is when the server last saw them."""
-
-    type: ClassVar[str] = "presence_changed"
-    user: str
-    status: str
-    last_seen_ms: int | None = None
-    ts_ms: int
-
-
-@attrs.frozen(kw_only=True)
-class ErrorEvent(ServerEvent):
-    """The server reports an error on the live channel (``code`` and ``reason``)."""
-
-    type: ClassVar[str] = "error"
-    code: str
-    reason: str
-    retry_after_ms: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class UnknownEvent(ServerEvent):
-    """An event of a type this version does not know. Kept, counted, never a crash."""
-
-    type: ClassVar[str] = "unknown"
-    raw_type: str
-    pos: int | None = None
-    data: dict[str, object] = attrs.field(factory=dict, eq=False)
-
-
-SERVER_EVENT_TYPES: dict[str, type[ServerEvent]] = {
-    cls.type: cls
-    for cls in (
-        MessageReceived,
-        MessageUpdated,
-        MessageDeleted,
-        ConversationUpdated,
-        ReadReceipt,
-        TypingStarted,
-        TypingStopped,
-        UserPresenceChanged,
-        ErrorEvent,
-    )
-}
-
-
-# --- events the engine emits to the application ------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class EngineEvent:
-    """Base of the events the engine itself emits."""
-
-
-@attrs.frozen(kw_only=True)
-class MessageQueued(EngineEvent):
-    """A send was committed to the outbox; ``message`` is its local echo."""
-
-    message: Message
-
-
-@attrs.frozen(kw_only=True)
-class MessageSent(EngineEvent):
-    """The server acknowledged a send; the local echo now has its server id and seq."""
-
-    op_id: str
-    conversation_id: str
-    message_id: str
-    seq: int
-
-
-@attrs.frozen(kw_only=True)
-class MessageFailed(EngineEvent):
-    """The server permanently refused an operation; it is parked as FAILED."""
-
-    op_id: str
-    conversation_id: str
-    code: str
-    reason: str
-
-
-@attrs.frozen(kw_only=True)
-class ConnectionStateChanged(EngineEvent):
-    """The connection state moved from ``old`` to ``new``; ``reason`` says why."""
-
-    old: ConnectionState
-    new: ConnectionState
-    reason: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class Discontinuity(EngineEvent):
-    """The cursor had expired on the server; the store was resynced from ``new_cursor``."""
-
-    old_cursor: int
-    new_cursor: int
-
-
-@attrs.frozen(kw_only=True)
-class SyncCompleted(EngineEvent):
-    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events."""
-
-    pushed: int
-    pulled: int
-    cursor: int
-
-
-Event = ServerEvent | EngineEvent

@@ -1,10 +1,11 @@
-"""The reference server's Starlette application: every endpoint of ``docs/protocol.md``.
+"""The reference server's Starlette application: the routes of ``docs/protocol.md``.
 
-:func:`create_app` builds the app around a :class:`ServerCore` (storage, live hub, rate
-limiters, simulator). Every write commits first and fans its events out right after, on the
-event loop thread, without yielding in between: so live delivery follows ``pos`` order.
-Every rejection is a JSON ``{"code", "reason"}``; a bug answers ``500 internal`` without a
-traceback on the wire (the traceback goes to the log, redacted).
+Routes only: each one reads its request (size limits, JSON, path and query values), calls
+the :class:`~syncengine.server.service.ServerService`, and encodes the typed answer with the
+protocol's codec. Rules raise domain errors (:mod:`syncengine.protocol.errors`); they become
+JSON ``{"code", "reason"}`` bodies with the status of
+:data:`~syncengine.protocol.errors.ERROR_STATUS`, the one table. A bug answers
+``500 internal`` without a traceback on the wire (the traceback goes to the log, redacted).
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -29,23 +28,31 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from syncengine import wire
 from syncengine.errors import WireError
 from syncengine.logs import install_redaction
-from syncengine.server import state
+from syncengine.protocol import codec, ops
+from syncengine.protocol.bodies import ErrorBody, Health, HistoryPageWire
+from syncengine.protocol.errors import (
+    ERROR_STATUS,
+    Internal,
+    Invalid,
+    InvalidJson,
+    NotFound,
+    Rejection,
+    TooLarge,
+)
+from syncengine.server import rules
 from syncengine.server.config import ServerConfig
 from syncengine.server.faults import FaultMiddleware
-from syncengine.server.live import CLOSE_POLICY, Hub, LiveConnection
-from syncengine.server.state import ApiError, RateLimiter
-from syncengine.server.storage import Storage
+from syncengine.server.live import CLOSE_POLICY, LiveConnection
+from syncengine.server.service import ServerService
 
-__all__ = ["ServerCore", "create_app"]
+__all__ = ["ServerCore", "create_app", "error_response", "json_response"]
 
 log = logging.getLogger("syncengine.server")
 
-_MAX_PASSWORD_CHARS = 1024
-_LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
-_MAX_QUERY_INT = 1 << 62  # query integers are capped here (SQLite integers are 64-bit)
+#: The service under its historical name.
+ServerCore = ServerService
 
 
 def json_response(
@@ -55,134 +62,33 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def error_response(error: ApiError) -> Response:
-    """The JSON response of a rejection (with ``Retry-After`` for ``429``)."""
+def error_response(error: Rejection) -> Response:
+    """The JSON response of a rejection (with ``Retry-After`` for ``rate_limited``)."""
     headers = None
-    if error.status == 429:
+    status = ERROR_STATUS[error.code]
+    if status == 429:
         headers = {"Retry-After": str(math.ceil(error.extra.get("retry_after_ms", 1000) / 1000))}
-    return json_response(error.body(), error.status, headers)
-
-
-class ServerCore:
-    """The server's state behind the routes: storage, live hub, limiters, simulator.
-
-    Args:
-        config: the server configuration.
-    """
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.storage = Storage(config.db_path, retention=config.retention)
-        self.hub = Hub(config, self.storage)
-        self.rest_limiter = RateLimiter(config.rate_per_s, config.rate_burst)
-        self.login_limiter = RateLimiter(config.login_rate_per_s, config.login_burst)
-        self.on_login: list[Callable[[str], None]] = []
-
-    def close(self) -> None:
-        """Stop timers and close the storage."""
-        self.hub.shutdown()
-        self.storage.close()
-
-    def _limit(self, limiter: RateLimiter, key: str) -> None:
-        now = time.monotonic()
-        if len(limiter.buckets) > _LIMITER_SWEEP:
-            limiter.forget_idle(now)
-        wait = limiter.take(key, now)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                "too many requests; slow down",
-                retry_after_ms=state.retry_after_ms(wait),
-            )
-
-    def authenticate(self, request: Request) -> tuple[str, str]:
-        """The ``(user, device)`` of a request's bearer token, rate-limited per user.
-
-        Raises:
-            ApiError: 401 ``unauthorized``, or 429 ``rate_limited``.
-        """
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        identity = None
-        if scheme.lower() == "bearer" and token.strip():
-            identity = self.storage.authenticate(token.strip())
-        if identity is None:
-            raise ApiError(401, "unauthorized", "missing, invalid or expired token")
-        user, device, _expires = identity
-        self._limit(self.rest_limiter, user)
-        return user, device
-
-    async def set_password(self, user: str, password: str) -> None:
-        """Create a user or replace their password (``serve --users``).
-
-        Raises:
-            ApiError: 422 ``invalid`` for a bad user name or password.
-        """
-        state.check_user(user)
-        _check_password(password)
-        salt = os.urandom(16)
-        params = state.scrypt_params(self.config.scrypt_n)
-        digest = await asyncio.to_thread(state.hash_password, password, salt, params)
-        self.storage.set_password(user, salt, digest, params)
-
-    async def login(self, user: str, password: str, device: str) -> dict[str, Any]:
-        """Check (or, with open registration, create) a user and issue a token.
-
-        Raises:
-            ApiError: 401 ``bad_credentials``, or 429 ``rate_limited``.
-        """
-        self._limit(self.login_limiter, user)
-        record = self.storage.password_record(user)
-        if record is None and self.config.registration_open:
-            salt = os.urandom(16)
-            params = state.scrypt_params(self.config.scrypt_n)
-            digest = await asyncio.to_thread(state.hash_password, password, salt, params)
-            if self.storage.create_user(user, salt, digest, params):
-                log.info("registered user %s", user)
-            record = self.storage.password_record(user)
-        if record is None or not await asyncio.to_thread(_verify, password, record):
-            raise ApiError(401, "bad_credentials", "unknown user or wrong password")
-        token = self.storage.issue_token(user, device, self.config.token_ttl_s)
-        log.info("login user=%s device=%s", user, device)
-        for hook in self.on_login:
-            hook(user)
-        return {
-            "token": token,
-            "user": user,
-            "device": device,
-            "expires_in_s": math.ceil(self.config.token_ttl_s),
-        }
-
-
-def _check_password(password: object) -> str:
-    if not isinstance(password, str) or not 0 < len(password) <= _MAX_PASSWORD_CHARS:
-        raise ApiError(422, "invalid", f"password must be 1-{_MAX_PASSWORD_CHARS} characters")
-    return password
-
-
-def _verify(password: str, record: tuple[bytes, bytes, str]) -> bool:
-    salt, digest, params = record
-    return hmac.compare_digest(state.hash_password(password, salt, params), digest)
+    return json_response(error.body(), status, headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _endpoint(func: Callable[[ServerCore, Request], Awaitable[Response]]) -> Handler:
+def _endpoint(func: Callable[[ServerService, Request], Awaitable[Response]]) -> Handler:
     """Wrap a route: rejections become JSON bodies, bugs become ``500 internal``."""
 
     @functools.wraps(func)
     async def wrapper(request: Request) -> Response:
         try:
             return await func(request.app.state.core, request)
-        except ApiError as exc:
+        except Rejection as exc:
             return error_response(exc)
         except ClientDisconnect:  # the client left mid-request: nobody reads the answer
             log.debug("client left during %s %s", request.method, request.url.path)
             return Response(status_code=499)
         except Exception:
             log.exception("internal error in %s %s", request.method, request.url.path)
-            return json_response({"code": "internal", "reason": "internal server error"}, 500)
+            return error_response(Internal("internal server error"))
 
     return wrapper
 
@@ -191,148 +97,134 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, within the size limit.
 
     Raises:
-        ApiError: 413 ``too_large``, 400 ``invalid_json``, 422 ``invalid`` (not an object).
+        TooLarge: over the limit.
+        InvalidJson: not JSON.
+        Invalid: not an object.
     """
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise ApiError(413, "too_large", f"request body over {limit} bytes")
+        raise TooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"request body over {limit} bytes")
+            raise TooLarge(f"request body over {limit} bytes")
         chunks.append(chunk)
     try:
-        obj = wire.decode_json(b"".join(chunks), limit=limit)
+        obj = codec.decode_json(b"".join(chunks), limit=limit)
     except WireError as exc:
-        raise ApiError(400, "invalid_json", exc.reason) from None
+        raise InvalidJson(exc.reason) from None
     if not isinstance(obj, dict):
-        raise ApiError(422, "invalid", "the body must be a JSON object")
+        raise Invalid("the body must be a JSON object")
     return obj
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name} must be an integer") from None
-    if value < minimum:
-        raise ApiError(400, "bad_request", f"{name} must be at least {minimum}")
-    # Past any position or seq there is, and still an SQLite integer.
-    return min(value, _MAX_QUERY_INT)
+    return rules.check_query_int(name, request.query_params.get(name), default, minimum)
 
 
 def _conversation_id(request: Request) -> str:
     cid = request.path_params["conversation_id"]
-    if not state.is_conversation_id(cid):
-        raise ApiError(404, "not_found", "no such conversation")
+    if not ops.is_conversation_id(cid):
+        raise NotFound("no such conversation")
     return str(cid)
+
+
+def _user(core: ServerService, request: Request) -> tuple[str, str]:
+    return core.authenticate(request.headers.get("authorization", ""))
+
+
+def _body(content: Any, status: int = 200) -> Response:
+    return json_response(codec.encode_body(content), status)
 
 
 # --- routes -------------------------------------------------------------------------------
 
 
 @_endpoint
-async def health(core: ServerCore, _request: Request) -> Response:
+async def health(core: ServerService, _request: Request) -> Response:
     """``GET /v1/health``: no auth."""
-    return json_response({"ok": True, "head": core.storage.head})
+    return _body(Health(ok=True, head=core.storage.head))
 
 
 @_endpoint
-async def login(core: ServerCore, request: Request) -> Response:
+async def login(core: ServerService, request: Request) -> Response:
     """``POST /v1/login``."""
     body = await _read_json(request, core.config.max_body_bytes)
-    user = state.check_user(body.get("user"))
-    device = state.check_device(body.get("device"))
-    password = _check_password(body.get("password"))
-    return json_response(await core.login(user, password, device))
+    user = ops.check_user(body.get("user"))
+    device = ops.check_device(body.get("device"))
+    password = rules.check_password(body.get("password"))
+    return _body(await core.login(user, password, device))
 
 
 @_endpoint
-async def list_conversations(core: ServerCore, request: Request) -> Response:
+async def list_conversations(core: ServerService, request: Request) -> Response:
     """``GET /v1/conversations``."""
-    user, _device = core.authenticate(request)
-    conversations, head = core.storage.conversations_of(user)
-    return json_response({"conversations": conversations, "head": head})
+    user, _device = _user(core, request)
+    return _body(core.conversations(user))
 
 
 @_endpoint
-async def create_conversation(core: ServerCore, request: Request) -> Response:
+async def create_conversation(core: ServerService, request: Request) -> Response:
     """``POST /v1/conversations``: 201 created, 200 when the same creation is replayed."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     body = await _read_json(request, core.config.max_body_bytes)
-    cid = state.check_conversation_id(body.get("id"))
-    title = state.check_title(body.get("title", ""))
-    members = state.check_members(body.get("members", []), user)
-    conv, committed, created = core.storage.create_conversation(user, cid, title, members)
-    core.hub.publish(committed)
-    return json_response(conv, 201 if created else 200)
+    cid = ops.check_conversation_id(body.get("id"))
+    title = ops.check_title(body.get("title", ""))
+    members = ops.check_members(body.get("members", []), user)
+    conv, created = core.create_conversation(user, cid, title, members)
+    return _body(conv, 201 if created else 200)
 
 
 @_endpoint
-async def rename_conversation(core: ServerCore, request: Request) -> Response:
+async def rename_conversation(core: ServerService, request: Request) -> Response:
     """``PATCH /v1/conversations/{id}``."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     cid = _conversation_id(request)
     body = await _read_json(request, core.config.max_body_bytes)
     if "title" not in body:
-        raise ApiError(422, "invalid", "title is required")
-    conv, committed = core.storage.rename(user, cid, state.check_title(body["title"]))
-    core.hub.publish(committed)
-    return json_response(conv)
+        raise Invalid("title is required")
+    return _body(core.rename(user, cid, ops.check_title(body["title"])))
 
 
 @_endpoint
-async def add_member(core: ServerCore, request: Request) -> Response:
+async def add_member(core: ServerService, request: Request) -> Response:
     """``POST /v1/conversations/{id}/members``."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     cid = _conversation_id(request)
     body = await _read_json(request, core.config.max_body_bytes)
-    member = state.check_user(body.get("user"))
-    if not core.storage.is_member(cid, user):
-        raise ApiError(404, "not_found", "no such conversation")
-    if len(core.storage.members(cid)) >= state.MAX_MEMBERS and not core.storage.is_member(
-        cid, member
-    ):
-        raise ApiError(413, "too_large", f"more than {state.MAX_MEMBERS} members")
-    conv, committed = core.storage.set_member(user, cid, member, present=True)
-    core.hub.publish(committed)
-    return json_response(conv)
+    member = ops.check_user(body.get("user"))
+    return _body(core.set_member(user, cid, member, present=True))
 
 
 @_endpoint
-async def remove_member(core: ServerCore, request: Request) -> Response:
+async def remove_member(core: ServerService, request: Request) -> Response:
     """``DELETE /v1/conversations/{id}/members/{user}``."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     cid = _conversation_id(request)
-    member = state.check_user(request.path_params["user"])
-    conv, committed = core.storage.set_member(user, cid, member, present=False)
-    core.hub.publish(committed)
-    return json_response(conv)
+    member = ops.check_user(request.path_params["user"])
+    return _body(core.set_member(user, cid, member, present=False))
 
 
 @_endpoint
-async def push_ops(core: ServerCore, request: Request) -> Response:
+async def push_ops(core: ServerService, request: Request) -> Response:
     """``POST /v1/ops``: a batch of operations, one result each."""
-    user, device = core.authenticate(request)
-    raw_ops = state.parse_batch(await _read_json(request, core.config.max_body_bytes))
-    results, committed = core.storage.apply_ops(user, device, raw_ops)
-    core.hub.publish(committed)
-    return json_response({"results": results})
+    user, device = _user(core, request)
+    raw_ops = ops.parse_batch(await _read_json(request, core.config.max_body_bytes))
+    results = core.push(user, device, raw_ops)
+    return json_response({"results": [codec.encode_op_result(r) for r in results]})
 
 
 @_endpoint
-async def pull_events(core: ServerCore, request: Request) -> Response:
+async def pull_events(core: ServerService, request: Request) -> Response:
     """``GET /v1/events?since=&limit=``."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     since = _int_param(request, "since", 0, 0)
-    limit = _int_param(request, "limit", state.PULL_LIMIT_DEFAULT, 1)
+    limit = _int_param(request, "limit", ops.PULL_LIMIT_DEFAULT, 1)
     assert since is not None and limit is not None
-    events, nxt, more = core.storage.pull(user, since, min(limit, state.PULL_LIMIT_MAX))
+    events, nxt, more = core.pull(user, since, limit)
+    # The events are stored as JSON text: the page is assembled around them, not re-encoded.
     body = b'{"events":[%s],"next":%d,"has_more":%s}' % (
         ",".join(events).encode(),
         nxt,
@@ -342,28 +234,29 @@ async def pull_events(core: ServerCore, request: Request) -> Response:
 
 
 @_endpoint
-async def history(core: ServerCore, request: Request) -> Response:
+async def history(core: ServerService, request: Request) -> Response:
     """``GET /v1/conversations/{id}/messages?before=&limit=``."""
-    user, _device = core.authenticate(request)
+    user, _device = _user(core, request)
     cid = _conversation_id(request)
     before = _int_param(request, "before", None, 1)
-    limit = _int_param(request, "limit", state.HISTORY_LIMIT_DEFAULT, 1)
+    limit = _int_param(request, "limit", ops.HISTORY_LIMIT_DEFAULT, 1)
     assert limit is not None
-    messages, end = core.storage.history(user, cid, before, min(limit, state.HISTORY_LIMIT_MAX))
-    return json_response({"messages": messages, "end_of_history": end})
+    messages, end = core.history(user, cid, before, limit)
+    return _body(HistoryPageWire(messages=tuple(messages), end_of_history=end))
 
 
 @_endpoint
-async def presence(core: ServerCore, request: Request) -> Response:
+async def presence(core: ServerService, request: Request) -> Response:
     """``GET /v1/presence``."""
-    user, _device = core.authenticate(request)
-    return json_response({"presence": core.hub.presence_of(core.storage.shared_users(user))})
+    user, _device = _user(core, request)
+    entries = [codec.encode_body(entry) for entry in core.presence(user)]
+    return json_response({"presence": entries})
 
 
 # --- the live channel ---------------------------------------------------------------------
 
 
-async def _authenticate_live(core: ServerCore, websocket: WebSocket) -> LiveConnection | None:
+async def _authenticate_live(core: ServerService, websocket: WebSocket) -> LiveConnection | None:
     """Wait for the ``auth`` frame; register the connection, or close with 1008."""
     try:
         async with asyncio.timeout(core.config.ws_auth_timeout_s):
@@ -375,17 +268,16 @@ async def _authenticate_live(core: ServerCore, websocket: WebSocket) -> LiveConn
         return None
     identity = None
     try:
-        frame = wire.decode_frame(_frame_data(message))
+        frame = codec.decode_frame(_frame_data(message))
         token = frame.get("token")
         if frame.get("type") == "auth" and isinstance(token, str):
-            identity = core.storage.authenticate(token)
+            identity = core.authenticate_token(token)
     except WireError:
         pass
     if identity is None:
         await websocket.close(CLOSE_POLICY, "unauthorized")
         return None
-    user, device, expires_ms = identity
-    return core.hub.register(user, device, expires_ms)
+    return core.hub.register(identity.user, identity.device, identity.expires_ms)
 
 
 def _frame_data(message: Mapping[str, Any]) -> str | bytes:
@@ -401,7 +293,7 @@ def _error_frame(code: str, reason: str, retry_after_ms: int | None = None) -> s
     return orjson.dumps(frame).decode()
 
 
-def _handle_frame(core: ServerCore, conn: LiveConnection, message: Mapping[str, Any]) -> None:
+def _handle_frame(core: ServerService, conn: LiveConnection, message: Mapping[str, Any]) -> None:
     """Act on one client frame after authentication."""
     wait = conn.bucket.take(time.monotonic())
     if wait > 0:
@@ -409,11 +301,11 @@ def _handle_frame(core: ServerCore, conn: LiveConnection, message: Mapping[str, 
         if conn.flood >= core.config.ws_flood_limit:
             conn.close(CLOSE_POLICY, "rate_limited")
         else:
-            conn.push(_error_frame("rate_limited", "too many frames", state.retry_after_ms(wait)))
+            conn.push(_error_frame("rate_limited", "too many frames", rules.retry_after_ms(wait)))
         return
     conn.flood = 0
     try:
-        frame = wire.decode_frame(_frame_data(message))
+        frame = codec.decode_frame(_frame_data(message))
     except WireError as exc:
         conn.push(_error_frame("invalid", str(exc)))
         return
@@ -423,10 +315,11 @@ def _handle_frame(core: ServerCore, conn: LiveConnection, message: Mapping[str, 
         typing = frame.get("typing")
         if not isinstance(cid, str) or not isinstance(typing, bool):
             conn.push(_error_frame("invalid", "typing needs conversation_id and typing"))
-        elif not core.storage.is_member(cid, conn.user):
+            return
+        try:
+            core.typing(conn, cid, typing)
+        except NotFound:
             conn.close(CLOSE_POLICY, "not_a_member")
-        else:
-            core.hub.set_typing(cid, conn.user, typing, conn)
     elif kind == "presence":
         status = frame.get("status")
         if status not in ("online", "away"):
@@ -439,7 +332,7 @@ def _handle_frame(core: ServerCore, conn: LiveConnection, message: Mapping[str, 
 
 async def live(websocket: WebSocket) -> None:
     """``/v1/live``: authenticate, then deliver events and take typing/presence frames."""
-    core: ServerCore = websocket.app.state.core
+    core: ServerService = websocket.app.state.core
     await websocket.accept()
     conn = await _authenticate_live(core, websocket)
     if conn is None:
@@ -468,7 +361,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Routing errors (unknown path, wrong method) as JSON rejections."""
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return json_response({"code": code, "reason": str(exc.detail)}, exc.status_code)
+    body = ErrorBody(code=code, reason=str(exc.detail))
+    return json_response(codec.encode_body(body), exc.status_code)
+
+
+def _routes() -> list[Route | WebSocketRoute]:
+    cid = "{conversation_id}"
+    return [
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/login", login, methods=["POST"]),
+        Route("/v1/conversations", list_conversations, methods=["GET"]),
+        Route("/v1/conversations", create_conversation, methods=["POST"]),
+        Route(f"/v1/conversations/{cid}", rename_conversation, methods=["PATCH"]),
+        Route(f"/v1/conversations/{cid}/members", add_member, methods=["POST"]),
+        Route(f"/v1/conversations/{cid}/members/{{user}}", remove_member, methods=["DELETE"]),
+        Route(f"/v1/conversations/{cid}/messages", history, methods=["GET"]),
+        Route("/v1/ops", push_ops, methods=["POST"]),
+        Route("/v1/events", pull_events, methods=["GET"]),
+        Route("/v1/presence", presence, methods=["GET"]),
+        WebSocketRoute("/v1/live", live),
+    ]
 
 
 def create_app(config: ServerConfig) -> Starlette:
@@ -476,47 +388,24 @@ def create_app(config: ServerConfig) -> Starlette:
 
     The storage is opened here (so the app also works under ``httpx.ASGITransport``, which
     runs no lifespan); the lifespan starts the simulator, if configured, and closes
-    everything on shutdown. ``app.state.core`` is the :class:`ServerCore`.
+    everything on shutdown. ``app.state.core`` is the :class:`ServerService`.
 
     Args:
         config: the server configuration.
     """
     install_redaction()
-    core = ServerCore(config)
+    core = ServerService(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        simulator = None
-        if config.simulate:
-            from syncengine.server.simulate import Simulator
-
-            simulator = Simulator(
-                core, config.simulate, config.simulate_rate, seed=config.simulate_seed
-            )
-            simulator.start()
+        core.start()
         try:
             yield
         finally:
-            if simulator is not None:
-                await simulator.stop()
-            core.close()
+            await core.stop()
 
-    cid = "{conversation_id}"
     app = Starlette(
-        routes=[
-            Route("/v1/health", health, methods=["GET"]),
-            Route("/v1/login", login, methods=["POST"]),
-            Route("/v1/conversations", list_conversations, methods=["GET"]),
-            Route("/v1/conversations", create_conversation, methods=["POST"]),
-            Route(f"/v1/conversations/{cid}", rename_conversation, methods=["PATCH"]),
-            Route(f"/v1/conversations/{cid}/members", add_member, methods=["POST"]),
-            Route(f"/v1/conversations/{cid}/members/{{user}}", remove_member, methods=["DELETE"]),
-            Route(f"/v1/conversations/{cid}/messages", history, methods=["GET"]),
-            Route("/v1/ops", push_ops, methods=["POST"]),
-            Route("/v1/events", pull_events, methods=["GET"]),
-            Route("/v1/presence", presence, methods=["GET"]),
-            WebSocketRoute("/v1/live", live),
-        ],
+        routes=_routes(),
         middleware=[Middleware(FaultMiddleware, faults=config.faults)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,

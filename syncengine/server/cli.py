@@ -40,8 +40,8 @@ def _load_users(path: Path) -> list[tuple[str, str]]:
 async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
     # Imported here: every `syncengine` command registers `serve`, and only `serve` needs
     # Starlette and uvicorn (this keeps the CLI's read commands quick to start).
+    from syncengine.protocol.errors import Rejection
     from syncengine.server.runner import ServerHandle
-    from syncengine.server.state import ApiError
 
     handle = ServerHandle(config)
     await handle.start()
@@ -49,7 +49,7 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
         for name, password in users:
             try:
                 await handle.core.set_password(name, password)
-            except ApiError as exc:
+            except Rejection as exc:
                 raise click.ClickException(f"--users: {name}: {exc.reason}") from None
         click.echo(f"syncengine server listening on {handle.url}")
         click.echo(

@@ -13,17 +13,22 @@ import asyncio
 import collections
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import attrs
 import orjson
 from starlette.websockets import WebSocket
 
-from syncengine import wire
-from syncengine.events import ServerEvent, TypingStarted, TypingStopped, UserPresenceChanged
+from syncengine.protocol import codec
+from syncengine.protocol.bodies import PresenceEntry, ReadyFrame
+from syncengine.protocol.events import (
+    ServerEvent,
+    TypingStarted,
+    TypingStopped,
+    UserPresenceChanged,
+)
 from syncengine.server.config import ServerConfig
-from syncengine.server.state import TokenBucket
-from syncengine.server.storage import Committed, Storage
+from syncengine.server.rules import TokenBucket
+from syncengine.server.storage.interface import Committed, ServerStorage
 
 __all__ = ["CLOSE_DROPPED", "CLOSE_OVERFLOW", "CLOSE_POLICY", "Hub", "LiveConnection"]
 
@@ -35,7 +40,7 @@ CLOSE_DROPPED = 1012  # an injected fault dropped the connection
 
 
 def _encode(event: ServerEvent) -> str:
-    return orjson.dumps(wire.encode_event(event)).decode()
+    return orjson.dumps(codec.encode_event(event)).decode()
 
 
 class LiveConnection:
@@ -132,7 +137,7 @@ class Hub:
         storage: the server's storage (membership, for audiences).
     """
 
-    def __init__(self, config: ServerConfig, storage: Storage) -> None:
+    def __init__(self, config: ServerConfig, storage: ServerStorage) -> None:
         self.config = config
         self.storage = storage
         self.connections: dict[str, set[LiveConnection]] = {}
@@ -150,11 +155,8 @@ class Hub:
         """
         conn = LiveConnection(self, user, device, expires_ms)
         self.connections.setdefault(user, set()).add(conn)
-        conn.push(
-            orjson.dumps(
-                {"type": "ready", "user": user, "device": device, "head": self.storage.head}
-            ).decode()
-        )
+        ready = ReadyFrame(user=user, device=device, head=self.storage.head)
+        conn.push(orjson.dumps(codec.encode_frame(ready)).decode())
         conn.start_expiry(asyncio.get_running_loop(), self.storage.now_ms())
         presence = self._presence.setdefault(user, _Presence())
         presence.connections += 1
@@ -287,20 +289,17 @@ class Hub:
                 self.storage.set_last_seen(user, presence.last_seen_ms)
             self.set_status(user, "offline")
 
-    def presence_of(self, users: list[str]) -> list[dict[str, Any]]:
-        """``{"user", "status", "last_seen_ms"}`` for each user (offline when never seen)."""
+    def presence_of(self, users: list[str]) -> list[PresenceEntry]:
+        """Each user's status and last-seen time (offline when never seen)."""
         stored = self.storage.last_seen([u for u in users if u not in self._presence])
         now = self.storage.now_ms()
         out = []
         for user in users:
             presence = self._presence.get(user)
             if presence is None:
-                out.append(
-                    {"user": user, "status": "offline", "last_seen_ms": stored[user], "ts_ms": now}
-                )
+                status, seen = "offline", stored[user]
             else:
+                status = presence.status
                 seen = now if presence.status != "offline" else presence.last_seen_ms
-                out.append(
-                    {"user": user, "status": presence.status, "last_seen_ms": seen, "ts_ms": now}
-                )
+            out.append(PresenceEntry(user=user, status=status, last_seen_ms=seen, ts_ms=now))
         return out

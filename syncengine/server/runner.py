@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from syncengine.server.app import ServerCore, create_app
+from syncengine.server.app import create_app
 from syncengine.server.config import FaultConfig, ServerConfig
-from syncengine.server.storage import Storage
+from syncengine.server.service import ServerService as ServerCore
+from syncengine.server.storage import ServerStorage, Storage
 
 __all__ = ["ServerHandle"]
 
@@ -79,7 +80,7 @@ class ServerHandle:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._core: ServerCore | None = None
-        self._offline_state: Storage | None = None
+        self._offline_state: ServerStorage | None = None
 
     @property
     def port(self) -> int:
@@ -114,7 +115,7 @@ class ServerHandle:
         return self._core
 
     @property
-    def state(self) -> Storage:
+    def state(self) -> ServerStorage:
         """The server's storage: the oracle of what the server holds.
 
         While the server is stopped, the same data directory is opened on its own, so tests

@@ -18,16 +18,18 @@ import logging
 import os
 import random
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from syncengine.models import new_id
-from syncengine.server import state
-from syncengine.server.state import ApiError
+from syncengine.protocol.bodies import ConversationSnapshot, OpResult
+from syncengine.protocol.errors import Rejection
+from syncengine.server import rules
+from syncengine.server.config import ServerConfig
+from syncengine.server.live import Hub
+from syncengine.server.storage.interface import ServerStorage
 
-if TYPE_CHECKING:
-    from syncengine.server.app import ServerCore
-
-__all__ = ["BOT_DEVICE", "Simulator", "bot_names", "lobby_id"]
+__all__ = ["BOT_DEVICE", "SimulatedServer", "Simulator", "bot_names", "lobby_id"]
 
 log = logging.getLogger("syncengine.server.simulate")
 
@@ -63,17 +65,44 @@ def _room_id(count: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"bots-{count}"))
 
 
+class SimulatedServer(Protocol):
+    """What the bots need of the server: the service's own methods, so its rules hold."""
+
+    config: ServerConfig
+    storage: ServerStorage
+    hub: Hub
+    on_login: list[Callable[[str], None]]
+
+    def create_conversation(
+        self, actor: str, conversation_id: str, title: str, members: tuple[str, ...]
+    ) -> tuple[ConversationSnapshot, bool]:
+        """Create a conversation and publish its event."""
+        ...
+
+    def set_member(
+        self, actor: str, conversation_id: str, user: str, *, present: bool
+    ) -> ConversationSnapshot:
+        """Add or remove a member and publish the event."""
+        ...
+
+    def push(self, user: str, device: str, raw_ops: Sequence[Mapping[str, Any]]) -> list[OpResult]:
+        """Apply operations and publish their events."""
+        ...
+
+
 class Simulator:
     """Bots acting on a running server.
 
     Args:
-        core: the server core the bots act through.
+        core: the server (its service) the bots act through.
         count: the number of bots.
         rate: actions per second of each bot (on average; the delays are exponential).
         seed: seed of the bots' choices, for a reproducible run.
     """
 
-    def __init__(self, core: ServerCore, count: int, rate: float, seed: int | None = None) -> None:
+    def __init__(
+        self, core: SimulatedServer, count: int, rate: float, seed: int | None = None
+    ) -> None:
         self.core = core
         self.bots = bot_names(count)
         self.rate = rate
@@ -87,7 +116,7 @@ class Simulator:
     def start(self) -> None:
         """Create the bots and their conversations, and start acting."""
         storage = self.core.storage
-        params = state.scrypt_params(self.core.config.scrypt_n)
+        params = rules.scrypt_params(self.core.config.scrypt_n)
         for bot in self.bots:
             # A random hash that no password matches: bots cannot be logged into.
             storage.create_user(bot, os.urandom(16), os.urandom(32), params)
@@ -95,10 +124,7 @@ class Simulator:
         titles = {self.lobby: "Lobby", **{room: "Bots" for room in self.rooms[1:]}}
         for room in self.rooms:
             members = tuple(self.bots if room == self.lobby else half)
-            _conv, committed, _created = storage.create_conversation(
-                self.bots[0], room, titles[room], members
-            )
-            self.core.hub.publish(committed)
+            self.core.create_conversation(self.bots[0], room, titles[room], members)
         for bot in self.bots:
             self.core.hub.set_status(bot, "online")
         self.core.on_login.append(self.welcome)
@@ -119,19 +145,16 @@ class Simulator:
         if user in self.bots:
             return
         try:
-            _conv, committed = self.core.storage.set_member(
-                self.bots[0], self.lobby, user, present=True
-            )
-        except ApiError:  # bot1 was removed from the lobby: nobody can invite
+            self.core.set_member(self.bots[0], self.lobby, user, present=True)
+        except Rejection:  # bot1 was removed from the lobby, or the lobby is full
             return
-        self.core.hub.publish(committed)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.rng.expovariate(self.rate * len(self.bots)))
             try:
                 self.step()
-            except ApiError as exc:  # e.g. a bot was removed from a room by a user
+            except Rejection as exc:  # e.g. a bot was removed from a room by a user
                 log.debug("bot action refused: %s", exc)
 
     def step(self) -> None:
@@ -170,5 +193,4 @@ class Simulator:
 
     def _push(self, bot: str, room: str, op: dict[str, object]) -> None:
         op["conversation_id"] = room
-        _results, committed = self.core.storage.apply_ops(bot, BOT_DEVICE, [op])
-        self.core.hub.publish(committed)
+        self.core.push(bot, BOT_DEVICE, [op])

@@ -1,0 +1,365 @@
+"""Pure rules of the reference server: who may do what, and what each change leaves behind.
+
+Every decision of the server that does not need its database lives here, as a function of
+plain values: nothing touches SQLite, sockets or the clock (time is passed in). A rule that
+refuses raises a domain error from :mod:`syncengine.protocol.errors` (``NotFound``,
+``TooLarge``, …), never an HTTP status; the application reads statuses from
+:data:`~syncengine.protocol.errors.ERROR_STATUS`. Shapes and limits of operations are in
+:mod:`syncengine.protocol.ops`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import attrs
+import orjson
+
+from syncengine.protocol.bodies import OpResult
+from syncengine.protocol.errors import (
+    BadRequest,
+    Conflict,
+    CursorExpired,
+    Forbidden,
+    Invalid,
+    NotFound,
+    OpIdConflict,
+    Rejection,
+    TooLarge,
+)
+from syncengine.protocol.ops import MAX_MEMBERS
+
+__all__ = [
+    "MAX_PASSWORD_CHARS",
+    "MAX_QUERY_INT",
+    "PULL_SCAN_MAX",
+    "RateLimiter",
+    "TokenBucket",
+    "applied",
+    "check_cursor",
+    "check_member_cap",
+    "check_password",
+    "check_query_int",
+    "check_recreation",
+    "check_target",
+    "creation_origin",
+    "hash_password",
+    "page_end",
+    "read_advances",
+    "rejected",
+    "replayed",
+    "require_member",
+    "retry_after_ms",
+    "scan_end",
+    "scrypt_params",
+    "target_message_id",
+]
+
+PULL_SCAN_MAX = 20_000  # log rows one pull may scan for the caller's visible events
+MAX_PASSWORD_CHARS = 1024
+MAX_QUERY_INT = 1 << 62  # query integers are capped here (SQLite integers are 64-bit)
+
+
+# --- access -------------------------------------------------------------------------------
+
+
+def require_member(is_member: bool, what: str = "conversation") -> None:
+    """Refuse a non-member as if the conversation did not exist (its existence is private).
+
+    Raises:
+        NotFound: when ``is_member`` is false.
+    """
+    if not is_member:
+        raise NotFound(f"no such {what}")
+
+
+def check_member_cap(members: int, already_member: bool) -> None:
+    """Refuse a new member past :data:`~syncengine.protocol.ops.MAX_MEMBERS`.
+
+    Re-adding a member changes nothing, so it is never refused.
+
+    Raises:
+        TooLarge: when a new member would pass the cap.
+    """
+    if not already_member and members >= MAX_MEMBERS:
+        raise TooLarge(f"more than {MAX_MEMBERS} members")
+
+
+def check_password(password: object) -> str:
+    """Validate a password: 1 to 1024 characters.
+
+    Raises:
+        Invalid: otherwise.
+    """
+    if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
+        raise Invalid(f"password must be 1-{MAX_PASSWORD_CHARS} characters")
+    return password
+
+
+# --- conversations ------------------------------------------------------------------------
+
+
+def creation_origin(actor: str, title: str, members: tuple[str, ...]) -> str:
+    """The fingerprint of a creation: a replay of the same creation has the same one."""
+    return hashlib.sha256(orjson.dumps([actor, title, list(members)])).hexdigest()
+
+
+def check_recreation(stored_origin: str, origin: str, actor_is_member: bool) -> None:
+    """Decide on a creation whose id exists: a replay is accepted, anything else refused.
+
+    Raises:
+        Conflict: when another creation took the id.
+        NotFound: when the creator has left the conversation since.
+    """
+    if stored_origin != origin:
+        raise Conflict("conversation id already taken")
+    require_member(actor_is_member)
+
+
+# --- edits and deletes --------------------------------------------------------------------
+
+
+def target_message_id(kind: str | None, result_message_id: str | None) -> str:
+    """The message an edit or delete names through the op id of its send.
+
+    Args:
+        kind: the kind of the recorded target operation (None when never seen).
+        result_message_id: the message id in its recorded result.
+
+    Raises:
+        NotFound: when the target is not an applied send.
+    """
+    if kind != "send" or result_message_id is None:
+        raise NotFound("no such message")
+    return result_message_id
+
+
+def check_target(
+    found: tuple[str, str, bool] | None, conversation_id: str, user: str, *, editing: bool
+) -> None:
+    """Check that ``user`` may change a message.
+
+    Args:
+        found: the message's ``(conversation_id, sender, deleted)``, or None.
+        conversation_id: the conversation the operation names.
+        user: who changes it.
+        editing: an edit (a deleted message cannot be edited; deleting twice is a no-op).
+
+    Raises:
+        NotFound: no such message in that conversation.
+        Forbidden: someone else sent it.
+        Conflict: an edit of a deleted message.
+    """
+    if found is None or found[0] != conversation_id:
+        raise NotFound("no such message")
+    if found[1] != user:
+        raise Forbidden("only the sender may change a message")
+    if found[2] and editing:
+        raise Conflict("the message was deleted")
+
+
+def read_advances(seq: int, last_seq: int, current: int) -> bool:
+    """Whether marking read up to ``seq`` moves the read marker (it never goes back).
+
+    Raises:
+        Invalid: ``seq`` is past the conversation's last seq.
+    """
+    if seq > last_seq:
+        raise Invalid(f"seq {seq} is past the conversation's last seq")
+    return seq > current
+
+
+# --- operation results --------------------------------------------------------------------
+
+
+def applied(
+    op_id: str,
+    conversation_id: str,
+    message_id: str | None,
+    seq: int | None,
+    pos: int | None,
+    ts_ms: int,
+) -> OpResult:
+    """The result of an applied operation (``seq``/``pos`` None when nothing was logged)."""
+    return OpResult(
+        op_id=op_id,
+        status="applied",
+        conversation_id=conversation_id,
+        message_id=message_id,
+        seq=seq,
+        pos=pos,
+        ts_ms=ts_ms,
+    )
+
+
+def rejected(op_id: str, error: Rejection) -> OpResult:
+    """The result of a refused operation, with the status its code travels with."""
+    return OpResult(
+        op_id=op_id,
+        status="rejected",
+        code=error.code,
+        reason=error.reason,
+        status_code=error.status,
+    )
+
+
+def replayed(original: OpResult, stored_hash: str, payload_hash: str) -> OpResult:
+    """The answer to an op id seen before: its original result, or a conflict.
+
+    An applied original comes back as ``duplicate``; a rejection comes back as it was.
+    The same op id with another payload is refused (and the refusal is not recorded).
+    """
+    if stored_hash != payload_hash:
+        return rejected(original.op_id, OpIdConflict("op id already used with another payload"))
+    if original.status == "applied":
+        return attrs.evolve(original, status="duplicate")
+    return original
+
+
+# --- the event log ------------------------------------------------------------------------
+
+
+def check_cursor(since: int, oldest: int, head: int) -> None:
+    """Refuse a cursor the log cannot continue from.
+
+    Args:
+        since: the client's cursor.
+        oldest: the oldest position the log still serves.
+        head: the last position written.
+
+    Raises:
+        CursorExpired: (with ``oldest_pos``) older than the retained log, or ahead of the
+            head (the server lost its log).
+    """
+    if since < oldest - 1:
+        raise CursorExpired("the cursor is older than the retained event log", oldest_pos=oldest)
+    if since > head:
+        raise CursorExpired("the cursor is ahead of the server's event log", oldest_pos=oldest)
+
+
+def scan_end(since: int, head: int) -> int:
+    """The last position one pull scans: bounded, so a user who sees little of a busy log
+    gets an empty page with a ``next`` that moves on instead of a scan of the whole log."""
+    return min(head, since + PULL_SCAN_MAX)
+
+
+def page_end(positions: list[int], limit: int, end: int, head: int) -> tuple[int, bool]:
+    """The ``next`` cursor and ``has_more`` of a page.
+
+    Args:
+        positions: the positions found after ``since`` (at most ``limit + 1``).
+        limit: the page size.
+        end: the last position scanned.
+        head: the last position written.
+    """
+    if len(positions) > limit:
+        return positions[limit - 1], True
+    return end, end < head
+
+
+def check_query_int(name: str, raw: str | None, default: int | None, minimum: int) -> int | None:
+    """Read an integer query parameter, capped past any position or seq there is.
+
+    Raises:
+        BadRequest: not an integer, or under ``minimum``.
+    """
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if value < minimum:
+        raise BadRequest(f"{name} must be at least {minimum}")
+    return min(value, MAX_QUERY_INT)
+
+
+# --- rate limits and passwords ------------------------------------------------------------
+
+
+@attrs.define
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` stored."""
+
+    rate: float
+    burst: float
+    tokens: float = attrs.field(init=False)
+    updated: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self, now: float) -> float:
+        """Take one token at time ``now``.
+
+        Returns:
+            0.0 when allowed, else the seconds to wait until a token is available.
+        """
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@attrs.define
+class RateLimiter:
+    """One token bucket per key (user name, connection)."""
+
+    rate: float
+    burst: float
+    buckets: dict[str, TokenBucket] = attrs.field(factory=dict)
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token for ``key``; 0.0 when allowed, else the seconds to wait."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst)
+        return bucket.take(now)
+
+    def forget_idle(self, now: float) -> None:
+        """Drop the buckets that have refilled completely (they carry no state)."""
+        idle = [
+            key
+            for key, bucket in self.buckets.items()
+            if bucket.updated is not None
+            and bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
+        ]
+        for key in idle:
+            del self.buckets[key]
+
+
+def retry_after_ms(wait_s: float) -> int:
+    """A wait in seconds as whole milliseconds, rounded up, at least 1."""
+    return max(1, math.ceil(wait_s * 1000))
+
+
+def hash_password(password: str, salt: bytes, params: str) -> bytes:
+    """Hash a password with scrypt.
+
+    Args:
+        password: the password as given.
+        salt: the user's random salt.
+        params: ``"scrypt:N:r:p"``, stored with the hash so that the cost can change later.
+
+    Returns:
+        The 32-byte derived key.
+    """
+    _name, n, r, p = params.split(":")
+    return hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=int(n),
+        r=int(r),
+        p=int(p),
+        maxmem=256 * int(n) * int(r) + (1 << 20),
+        dklen=32,
+    )
+
+
+def scrypt_params(n: int) -> str:
+    """The parameter string for a new hash with cost ``n`` (r=8, p=1)."""
+    return f"scrypt:{n}:8:1"

@@ -1,0 +1,245 @@
+"""The reference server's service: what each endpoint does, between the routes and storage.
+
+Every durable change goes through :meth:`ServerService.commit`: one write transaction
+(:mod:`syncengine.server.writes` inside it), then the committed events are published to the
+live hub, on the event loop thread, without yielding in between, so live delivery follows
+``pos`` order. The service also owns the rate limiters and the simulator, whose bots act
+through the same methods as real clients (so the member cap and every other rule hold for
+them too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from syncengine.protocol import ops
+from syncengine.protocol.bodies import (
+    ConversationList,
+    ConversationSnapshot,
+    HistoryMessage,
+    LoginResponse,
+    OpResult,
+    PresenceEntry,
+)
+from syncengine.protocol.errors import BadCredentials, NotFound, RateLimited, Unauthorized
+from syncengine.server import rules, writes
+from syncengine.server.config import ServerConfig
+from syncengine.server.live import Hub, LiveConnection
+from syncengine.server.simulate import Simulator
+from syncengine.server.storage import Storage
+from syncengine.server.storage.interface import (
+    Identity,
+    PasswordRecord,
+    ServerStorage,
+    WriteTx,
+)
+
+__all__ = ["ServerService"]
+
+log = logging.getLogger("syncengine.server")
+
+T = TypeVar("T")
+
+_LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
+
+
+def _verify(password: str, record: PasswordRecord) -> bool:
+    salt, digest, params = record
+    return hmac.compare_digest(rules.hash_password(password, salt, params), digest)
+
+
+class ServerService:
+    """The server's state behind the routes: storage, live hub, limiters, simulator.
+
+    Args:
+        config: the server configuration.
+        storage: the storage (by default the SQLite file of ``config.db_path``).
+    """
+
+    def __init__(self, config: ServerConfig, storage: ServerStorage | None = None) -> None:
+        self.config = config
+        self.storage: ServerStorage = storage or Storage(config.db_path, retention=config.retention)
+        self.hub = Hub(config, self.storage)
+        self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
+        self.login_limiter = rules.RateLimiter(config.login_rate_per_s, config.login_burst)
+        self.on_login: list[Callable[[str], None]] = []
+        self.simulator: Simulator | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the simulator, when configured (on the running event loop)."""
+        if self.config.simulate and self.simulator is None:
+            self.simulator = Simulator(
+                self,
+                self.config.simulate,
+                self.config.simulate_rate,
+                seed=self.config.simulate_seed,
+            )
+            self.simulator.start()
+
+    async def stop(self) -> None:
+        """Stop the simulator, timers, and close the storage."""
+        if self.simulator is not None:
+            await self.simulator.stop()
+            self.simulator = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop timers and close the storage."""
+        self.hub.shutdown()
+        self.storage.close()
+
+    def commit(self, change: Callable[[WriteTx], T]) -> T:
+        """Run ``change`` in one write transaction, then publish what it committed."""
+        with self.storage.write() as tx:
+            result = change(tx)
+        self.hub.publish(tx.committed)
+        return result
+
+    # --- identity ------------------------------------------------------------------------
+
+    def _limit(self, limiter: rules.RateLimiter, key: str) -> None:
+        now = time.monotonic()
+        if len(limiter.buckets) > _LIMITER_SWEEP:
+            limiter.forget_idle(now)
+        wait = limiter.take(key, now)
+        if wait > 0:
+            raise RateLimited(
+                "too many requests; slow down", retry_after_ms=rules.retry_after_ms(wait)
+            )
+
+    def authenticate(self, authorization: str) -> tuple[str, str]:
+        """The ``(user, device)`` of an ``Authorization`` header, rate-limited per user.
+
+        Raises:
+            Unauthorized: missing, invalid or expired token.
+            RateLimited: too many requests.
+        """
+        scheme, _, token = authorization.partition(" ")
+        identity = None
+        if scheme.lower() == "bearer" and token.strip():
+            identity = self.storage.authenticate(token.strip())
+        if identity is None:
+            raise Unauthorized("missing, invalid or expired token")
+        self._limit(self.rest_limiter, identity.user)
+        return identity.user, identity.device
+
+    def authenticate_token(self, token: str) -> Identity | None:
+        """The identity of a live connection's token, or None."""
+        return self.storage.authenticate(token)
+
+    async def set_password(self, user: str, password: str) -> None:
+        """Create a user or replace their password (``serve --users``).
+
+        Raises:
+            Invalid: a bad user name or password.
+        """
+        ops.check_user(user)
+        rules.check_password(password)
+        salt = os.urandom(16)
+        params = rules.scrypt_params(self.config.scrypt_n)
+        digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
+        self.storage.set_password(user, salt, digest, params)
+
+    async def login(self, user: str, password: str, device: str) -> LoginResponse:
+        """Check (or, with open registration, create) a user and issue a token.
+
+        Raises:
+            BadCredentials: unknown user or wrong password.
+            RateLimited: too many attempts.
+        """
+        self._limit(self.login_limiter, user)
+        record = self.storage.password_record(user)
+        if record is None and self.config.registration_open:
+            salt = os.urandom(16)
+            params = rules.scrypt_params(self.config.scrypt_n)
+            digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
+            if self.storage.create_user(user, salt, digest, params):
+                log.info("registered user %s", user)
+            record = self.storage.password_record(user)
+        if record is None or not await asyncio.to_thread(_verify, password, record):
+            raise BadCredentials("unknown user or wrong password")
+        token = self.storage.issue_token(user, device, self.config.token_ttl_s)
+        log.info("login user=%s device=%s", user, device)
+        for hook in self.on_login:
+            hook(user)
+        return LoginResponse(
+            token=token, user=user, device=device, expires_in_s=math.ceil(self.config.token_ttl_s)
+        )
+
+    # --- conversations -------------------------------------------------------------------
+
+    def conversations(self, user: str) -> ConversationList:
+        """The conversations ``user`` is a member of, and the head they were read at."""
+        convs, head = self.storage.conversations_of(user)
+        return ConversationList(conversations=tuple(convs), head=head)
+
+    def create_conversation(
+        self, actor: str, conversation_id: str, title: str, members: tuple[str, ...]
+    ) -> tuple[ConversationSnapshot, bool]:
+        """Create a conversation (idempotent for the same creator and payload).
+
+        Returns:
+            The conversation, and whether it was created now.
+        """
+
+        def change(tx: WriteTx) -> tuple[ConversationSnapshot, bool]:
+            created, _pos, _ts = writes.create_conversation(
+                tx, actor, conversation_id, title, members
+            )
+            return writes.snapshot(tx, conversation_id, actor), created
+
+        return self.commit(change)
+
+    def rename(self, actor: str, conversation_id: str, title: str) -> ConversationSnapshot:
+        """Change a conversation's title."""
+        return self.commit(lambda tx: writes.rename(tx, actor, conversation_id, title))
+
+    def set_member(
+        self, actor: str, conversation_id: str, user: str, *, present: bool
+    ) -> ConversationSnapshot:
+        """Add or remove a member (the cap holds for every caller)."""
+        return self.commit(
+            lambda tx: writes.set_member(tx, actor, conversation_id, user, present=present)
+        )
+
+    # --- operations and reads ------------------------------------------------------------
+
+    def push(self, user: str, device: str, raw_ops: Sequence[Mapping[str, Any]]) -> list[OpResult]:
+        """Apply a batch of operations in order, in one transaction; one result each."""
+        return self.commit(lambda tx: [writes.apply_op(tx, user, device, raw) for raw in raw_ops])
+
+    def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
+        """The JSON texts of the events visible to ``user`` after ``since``."""
+        return self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
+
+    def history(
+        self, user: str, conversation_id: str, before: int | None, limit: int
+    ) -> tuple[list[HistoryMessage], bool]:
+        """A member's page of history, oldest first, and whether nothing older exists."""
+        rules.require_member(self.storage.is_member(conversation_id, user))
+        return self.storage.history(conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX))
+
+    def presence(self, user: str) -> list[PresenceEntry]:
+        """The presence of everyone who shares a conversation with ``user``."""
+        return self.hub.presence_of(self.storage.shared_users(user))
+
+    # --- the live channel ----------------------------------------------------------------
+
+    def typing(self, conn: LiveConnection, conversation_id: str, typing: bool) -> None:
+        """A live connection starts or stops typing.
+
+        Raises:
+            NotFound: the connection's user is not a member.
+        """
+        if not self.storage.is_member(conversation_id, conn.user):
+            raise NotFound("no such conversation")
+        self.hub.set_typing(conversation_id, conn.user, typing, conn)

@@ -1,0 +1,52 @@
+"""The reference server's storage: an interface, and its SQLite implementation.
+
+- :mod:`~syncengine.server.storage.interface`: :class:`ServerStorage` and
+  :class:`WriteTx` (what any database must offer), and the row types.
+- :mod:`~syncengine.server.storage.sqlite`: :class:`SqliteStorage`, split by concern into
+  ``sqlite_users``, ``sqlite_conversations`` and ``sqlite_log``, with ``sqlite_schema``.
+
+:class:`Storage` is the SQLite storage under its historical name (tests and benchmarks open
+it directly as the server's truth); it adds :meth:`Storage.create_conversation`, a write
+without live fan-out, for seeding a database.
+"""
+
+from __future__ import annotations
+
+from syncengine.protocol.bodies import ConversationSnapshot
+from syncengine.server.storage.interface import Committed, ServerStorage, WriteTx
+from syncengine.server.storage.sqlite import SqliteStorage
+from syncengine.server.storage.sqlite_schema import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Committed",
+    "ServerStorage",
+    "SqliteStorage",
+    "Storage",
+    "WriteTx",
+]
+
+
+class Storage(SqliteStorage):
+    """The SQLite storage (its historical name), with a seeding helper."""
+
+    def create_conversation(
+        self, actor: str, conversation_id: str, title: str, members: tuple[str, ...]
+    ) -> tuple[ConversationSnapshot, list[Committed], bool]:
+        """Create a conversation with the server's rules, without live fan-out.
+
+        Returns:
+            The conversation, the committed events, and whether it was created now.
+
+        Raises:
+            Conflict: the id is taken by another creation.
+        """
+        # Imported here: the writes read this package's interface module.
+        from syncengine.server import writes
+
+        with self.write() as tx:
+            created, _pos, _ts = writes.create_conversation(
+                tx, actor, conversation_id, title, members
+            )
+            conv = writes.snapshot(tx, conversation_id, actor)
+        return conv, tx.committed, created
