@@ -268,3 +268,14 @@ async def test_poll_messages_yields_only_what_arrives_after_it_started(tmp_path:
     got = [await asyncio.wait_for(first, 5), await asyncio.wait_for(stream.__anext__(), 5)]
     await stream.aclose()
     assert sorted(m.body for m in got) == ["new", "other"]
+
+
+def test_no_public_name_is_shadowed_by_a_submodule() -> None:
+    # Importing a submodule binds its name on the package: a function of the same name
+    # (``tail`` in ``tail.py``) would then be replaced by the module.
+    import pkgutil
+
+    import syncengine.local as local
+
+    modules = {m.name for m in pkgutil.iter_modules(local.__path__)}
+    assert not modules & set(local.__all__)

@@ -6,12 +6,12 @@ the coordination between them, none of which needs a terminal:
 - :mod:`~syncengine.local.lock`: the single-writer lock (:class:`StoreLock`) and who holds it;
 - :mod:`~syncengine.local.account`: an existing store, its login, its connection options;
 - :mod:`~syncengine.local.status`: health as a reader reports it (a stale state is OFFLINE);
-- :mod:`~syncengine.local.login`: log in and out (token beside the store, TLS settings in it);
+- :mod:`~syncengine.local.credentials`: log in and out (the token beside the store);
 - :mod:`~syncengine.local.writes`: queueing through the engine's public API (a non-connecting
   :class:`~syncengine.SyncEngine`), so a CLI send emits ``MessageQueued`` like an app's;
 - :mod:`~syncengine.local.sync`: sync under the lock, or wait for the daemon that holds it;
 - :mod:`~syncengine.local.ack`: wait until one operation is acknowledged;
-- :mod:`~syncengine.local.tail`: follow what the store gains.
+- :mod:`~syncengine.local.follow`: follow what the store gains.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from syncengine.local.account import engine_options, open_store, require_login, require_store
     from syncengine.local.ack import check_acknowledged, wait_acknowledged
+    from syncengine.local.credentials import login, logout
+    from syncengine.local.follow import poll_messages, tail
     from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
-    from syncengine.local.login import login, logout
     from syncengine.local.status import StoreStatus, effective_state, store_status
     from syncengine.local.sync import (
         SyncOutcome,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
         sync_store,
         wait_for_daemon,
     )
-    from syncengine.local.tail import poll_messages, tail
     from syncengine.local.writes import offline_engine, queue_conversation, queue_send, requeue
 
 __all__ = [
@@ -80,12 +80,12 @@ _WHERE: dict[str, str] = {
     "daemon_info": "syncengine.local.lock",
     "effective_state": "syncengine.local.status",
     "engine_options": "syncengine.local.account",
-    "login": "syncengine.local.login",
-    "logout": "syncengine.local.login",
+    "login": "syncengine.local.credentials",
+    "logout": "syncengine.local.credentials",
     "offline_engine": "syncengine.local.writes",
     "open_store": "syncengine.local.account",
     "pid_path": "syncengine.local.lock",
-    "poll_messages": "syncengine.local.tail",
+    "poll_messages": "syncengine.local.follow",
     "queue_conversation": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",
@@ -96,7 +96,7 @@ _WHERE: dict[str, str] = {
     "sync_here": "syncengine.local.sync",
     "sync_locked": "syncengine.local.sync",
     "sync_store": "syncengine.local.sync",
-    "tail": "syncengine.local.tail",
+    "tail": "syncengine.local.follow",
     "wait_acknowledged": "syncengine.local.ack",
     "wait_for_daemon": "syncengine.local.sync",
 }
