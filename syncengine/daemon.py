@@ -1,35 +1,35 @@
-"""The background daemon: one connected engine per store, housekeeping jobs, signals, readiness.
+"""The background daemon: lifecycle and housekeeping around one connected engine per store.
 
 ``syncengine daemon`` runs in the foreground (the right shape for systemd, launchd or a
-container). It holds the store's single-writer lock (G6), opens a connected
-:class:`~syncengine.engine.SyncEngine` (live channel plus sync loop) and runs a few
-APScheduler jobs beside it:
+container). It holds the store's single-writer lock (G6, :mod:`syncengine.local.lock`), opens
+a connected :class:`~syncengine.SyncEngine` (live channel plus sync loop) and runs a few
+housekeeping jobs beside it. Syncing is the engine's alone, with one owner per timer: the
+engine pulls every ``safety_pull_s`` while live (set from ``--safety-pull``) and pushes due
+outbox work from its own loop; the daemon schedules no pull or push of its own.
 
 ========================  ===================================================================
 job                       why
 ========================  ===================================================================
-``safety-pull``           a pull now and then while LIVE, in case a live event was lost
-``outbox-retry``          push due work at once (the engine's loop also looks every 0.25 s)
-``typing-expiry``         delete expired typing rows (pitfall 7: an indicator must not stick)
-``wal-checkpoint``        fold the WAL back into the database (pitfall 11: store growth)
-``prune-sent``            delete old SENT outbox rows (pitfall 11)
+``typing-expiry``         delete expired typing rows: a stop event lost in a disconnect must
+                          not leave an indicator on for ever
+``wal-checkpoint``        fold the WAL back into the database, so the store does not grow
+                          without bound
+``prune-sent``            delete old SENT outbox rows, for the same reason
 ``token-watch``           restart the engine when ``syncengine login``/``logout`` changed the
                           token, so a daemon stuck on refused credentials recovers by itself
 ========================  ===================================================================
 
 Every job runs with ``max_instances=1, coalesce=True``: a slow run is never stacked.
 
-Exit codes (``sysexits.h``, so a service manager can tell them apart):
+Exit codes (``sysexits.h``, so a service manager can tell them apart), chosen from the type
+of the failure (:data:`EXIT_CODES`), never from its wording:
 
 - 0: stopped by SIGTERM or SIGINT; nothing left SENDING.
-- 1: not logged in, or the sync loop stopped for a reason a restart may fix.
-- 65 (``EX_DATAERR``): the store is damaged; the file is left untouched.
-- 75 (``EX_TEMPFAIL``): another process already syncs this store; its pid is named.
-
-The lock is a ``filelock`` (``flock``) on ``<db>.lock``: the kernel releases it when the
-holder dies, even by ``kill -9``, so a stale lock never blocks the next start. The holder's
-pid is written to ``<db>.pid`` (the lock file itself is truncated by every process that
-tries the lock, so it cannot carry the pid).
+- 1: not logged in (``NotLoggedIn``), or the sync loop stopped for a reason a restart may fix.
+- 65 (``EX_DATAERR``): the store is damaged (``StoreCorrupt``, ``SchemaTooNew``); the file
+  is left untouched.
+- 75 (``EX_TEMPFAIL``): another process already syncs this store (``StoreLockHeld``); its
+  pid is named.
 """
 
 from __future__ import annotations
@@ -42,39 +42,43 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
-import filelock
 
-from syncengine.engine import SyncEngine
+from syncengine import SyncEngine
 from syncengine.errors import (
+    AuthFailed,
+    NotLoggedIn,
     SchemaTooNew,
     StoreCorrupt,
     StoreError,
     StoreLockHeld,
     SyncEngineError,
-    UsageError,
 )
 from syncengine.events import ConnectionStateChanged
+from syncengine.local.account import engine_options
+from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
 from syncengine.logs import RedactingFilter, install_redaction
 from syncengine.models import ConnectionState
-from syncengine.paths import lock_path, token_path
+from syncengine.paths import token_path
 from syncengine.store import Store
 
 __all__ = [
+    "EXIT_CODES",
     "EX_DATAERR",
     "EX_FAILURE",
     "EX_OK",
     "EX_TEMPFAIL",
+    "LOCK_WAIT_S",
     "Daemon",
     "DaemonConfig",
     "StoreLock",
     "daemon_info",
     "engine_options",
+    "exit_code_for",
     "notify",
     "pid_path",
     "run_daemon",
@@ -88,108 +92,34 @@ EX_FAILURE = 1
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
 
-#: How long a starting daemon waits for the lock. Not zero: ``syncengine status`` probes the
-#: lock for a few microseconds, and a daemon starting at that instant must not give up.
-LOCK_WAIT_S = 0.5
-
 #: Grace period for shutting down (the service manager's stop timeout is usually longer).
 STOP_TIMEOUT_S = 4.0
 
-
-def pid_path(db_path: str | os.PathLike[str]) -> Path:
-    """The file beside a store where the lock holder writes its pid."""
-    return Path(f"{db_path}.pid")
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+#: The exit status and log line of each typed failure, most specific first. A failure that
+#: is not a ``SyncEngineError`` is a bug and exits 1 as well.
+EXIT_CODES: tuple[tuple[type[SyncEngineError], int, str], ...] = (
+    (StoreCorrupt, EX_DATAERR, "{}; the file was left untouched"),
+    (SchemaTooNew, EX_DATAERR, "{}; the file was left untouched"),
+    (StoreLockHeld, EX_TEMPFAIL, "{}: not starting a second daemon"),
+    (NotLoggedIn, EX_FAILURE, "{}"),
+    (StoreError, EX_FAILURE, "cannot open the store: {}"),
+    (SyncEngineError, EX_FAILURE, "{}"),
+)
 
 
-class StoreLock:
-    """The single-writer lock of one store (guarantee G6).
-
-    Args:
-        db_path: the store file; the lock is ``<db>.lock`` and the pid goes to ``<db>.pid``.
-    """
-
-    def __init__(self, db_path: str | os.PathLike[str]) -> None:
-        self.db_path = Path(db_path)
-        self.path = lock_path(db_path)
-        self.pid_file = pid_path(db_path)
-        # thread_local=False: the holder may be released from another thread than the one
-        # that took it (a CLI command running its engine on a helper thread).
-        self._lock = filelock.UnixFileLock(str(self.path), mode=0o600, thread_local=False)
-
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return bool(self._lock.is_locked)
-
-    def acquire(self, timeout: float = LOCK_WAIT_S) -> None:
-        """Take the lock and record this process's pid.
-
-        Raises:
-            StoreLockHeld: another process holds it (``pid`` names it when known).
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=timeout)
-        except filelock.Timeout:
-            pid = _read_pid(self.pid_file)
-            who = f"another process (pid {pid})" if pid is not None else "another process"
-            raise StoreLockHeld(
-                f"{who} already syncs {self.db_path} (lock {self.path})", pid=pid
-            ) from None
-        tmp = self.pid_file.with_name(self.pid_file.name + ".tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.pid_file)
-
-    def release(self) -> None:
-        """Remove the pid file and release the lock. Idempotent."""
-        if not self.held:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if _read_pid(self.pid_file) == os.getpid():
-                self.pid_file.unlink()
-        self._lock.release(force=True)
-
-    def __enter__(self) -> StoreLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def exit_code_for(exc: BaseException) -> int:
+    """The daemon's exit status for a failure, from its type (see :data:`EXIT_CODES`)."""
+    for kind, code, _line in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EX_FAILURE
 
 
-def daemon_info(db_path: str | os.PathLike[str]) -> tuple[bool, int | None]:
-    """Whether a process holds the store's lock, and its pid.
-
-    The lock is probed without waiting; the probe holds it for a few microseconds at most
-    (a daemon starting meanwhile waits :data:`LOCK_WAIT_S` for it).
-
-    Returns:
-        ``(running, pid)``; ``pid`` is None when nothing runs or the pid file is unreadable.
-    """
-    path = lock_path(db_path)
-    if not path.exists():
-        return False, None
-    probe = filelock.UnixFileLock(str(path), mode=0o600, thread_local=False)
-    try:
-        probe.acquire(timeout=0)
-    except filelock.Timeout:
-        return True, _read_pid(pid_path(db_path))
-    except OSError:
-        return False, None
-    probe.release(force=True)
-    return False, None
+def _failure_line(exc: BaseException) -> str:
+    for kind, _code, line in EXIT_CODES:
+        if isinstance(exc, kind):
+            return line.format(_one_line(exc))
+    return _one_line(exc)
 
 
 def notify(message: str, *, environ: dict[str, str] | None = None) -> bool:
@@ -258,25 +188,16 @@ def setup_logging(level: str = "info", stream: IO[str] | None = None) -> logging
     return handler
 
 
-def engine_options(store: Store) -> dict[str, Any]:
-    """The connection options recorded by ``syncengine login`` (CA file, insecure)."""
-    options: dict[str, Any] = {}
-    ca_file = store.get_meta("ca_file")
-    if ca_file:
-        options["ca_file"] = ca_file
-    if store.get_meta("allow_insecure") == "1":
-        options["allow_insecure"] = True
-    return options
-
-
 @attrs.define(kw_only=True)
 class DaemonConfig:
     """What the daemon does and how often. Durations in seconds.
 
     Attributes:
         db_path: the store to sync.
-        safety_pull_s: a pull this often while LIVE (a safety net behind the live channel).
-        retry_s: how often due outbox work is pushed by the scheduler.
+        safety_pull_s: the engine pulls this often while LIVE (a safety net behind the live
+            channel); passed to the engine as its ``safety_pull_s``, the only such timer.
+        retry_s: kept for compatibility and unused: the engine's own loop pushes due outbox
+            work (it looks every 0.25 s), so the daemon no longer runs a second push timer.
         typing_expiry_s: how often expired typing rows are deleted.
         checkpoint_s: how often the WAL is checkpointed.
         prune_s: how often old SENT operations are pruned.
@@ -294,6 +215,11 @@ class DaemonConfig:
     prune_after_s: float = 7 * 86400.0
     token_watch_s: float = 2.0
     engine: dict[str, Any] = attrs.field(factory=dict)
+
+    def engine_kwargs(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The engine's keyword arguments: login options, then the daemon's timers, then
+        :attr:`engine` overrides."""
+        return {**options, "safety_pull_s": self.safety_pull_s, **self.engine}
 
 
 def _token_signature(path: Path) -> tuple[int, int, int] | None:
@@ -329,14 +255,30 @@ class Daemon:
             self._stop.set()
 
     async def run(self) -> int:
-        """Run until stopped. Returns the process exit code."""
+        """Run until stopped. Returns the process exit code (see :data:`EXIT_CODES`)."""
         db = self.config.db_path
-        if not db.exists():
-            # Nothing to sync, and no reason to leave a lock file where no store is.
-            log.error("not logged in: no store at %s; run 'syncengine login' first", db)
-            return EX_FAILURE
-        # Signals are handled from the first moment: a SIGTERM during start-up (opening and
-        # checking the store can take a while) must still end in a clean exit 0.
+        try:
+            if not db.exists():
+                # Nothing to sync, and no reason to leave a lock file where no store is.
+                raise NotLoggedIn(f"not logged in: no store at {db}; run 'syncengine login' first")
+            # Signals are handled from the first moment: a SIGTERM during start-up (opening
+            # and checking the store can take a while) must still end in a clean exit 0.
+            with self._signal_handlers():
+                if self.early_signals:  # received before the loop's handlers took over
+                    self.request_stop(EX_OK)
+                if self._stop.is_set():
+                    return self._exit_code
+                self._lock.acquire()
+                try:
+                    return await self._run_locked(db)
+                finally:
+                    self._lock.release()
+        except SyncEngineError as exc:
+            log.error("%s", _failure_line(exc))
+            return exit_code_for(exc)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -345,46 +287,14 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
-        if self.early_signals:  # received before the loop's handlers took over
-            self.request_stop(EX_OK)
-        if self._stop.is_set():
-            return self._exit_code
         try:
-            try:
-                self._lock.acquire()
-            except StoreLockHeld as exc:
-                log.error("%s: not starting a second daemon", exc)
-                return EX_TEMPFAIL
-            try:
-                return await self._run_locked(db)
-            finally:
-                self._lock.release()
+            yield
         finally:
             for installed_sig in installed:
                 loop.remove_signal_handler(installed_sig)
 
     async def _run_locked(self, db: Path) -> int:
-        try:
-            options, account = self._check_store(db)
-        except (StoreCorrupt, SchemaTooNew) as exc:
-            log.error("%s; the file was left untouched", _one_line(exc))
-            return EX_DATAERR
-        except StoreError as exc:
-            log.error("cannot open the store: %s", _one_line(exc))
-            return EX_FAILURE
-        if not account.get("user") or not account.get("server"):
-            log.error("not logged in: run 'syncengine --db %s login SERVER_URL USER' first", db)
-            return EX_FAILURE
-        if _token_signature(token_path(db)) is None:
-            log.error(
-                "no token for %s (logged out): run 'syncengine --db %s login %s %s' first",
-                account["user"],
-                db,
-                account["server"],
-                account["user"],
-            )
-            return EX_FAILURE
-
+        options, account = self._check_store(db)
         if self._stop.is_set():
             # SIGTERM arrived while starting up: stop cleanly before connecting.
             return self._exit_code
@@ -402,9 +312,9 @@ class Daemon:
             status = f"syncing {account['user']} on {account['server']}"
             notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
             await self._stop.wait()
-        except (StoreCorrupt, SchemaTooNew) as exc:
-            log.error("%s; the file was left untouched", _one_line(exc))
-            self._exit_code = EX_DATAERR
+        except SyncEngineError as exc:
+            log.error("%s", _failure_line(exc))
+            self._exit_code = exit_code_for(exc)
         finally:
             notify("STOPPING=1")
             if scheduler is not None:
@@ -414,7 +324,12 @@ class Daemon:
         return self._exit_code
 
     def _check_store(self, db: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
-        """Open the store once to check it and read the account, then close it again."""
+        """Open the store once to check it and read the account, then close it again.
+
+        Raises:
+            StoreCorrupt, SchemaTooNew, StoreError: the store cannot be used.
+            NotLoggedIn: no account, or no token (logged out).
+        """
         store = Store(db)
         try:
             result = store.integrity_check()
@@ -422,12 +337,14 @@ class Daemon:
                 raise StoreCorrupt(
                     f"the database file is damaged: {db} ({result.splitlines()[0]})", path=str(db)
                 )
+            account = store.account()
+            _require_account(db, account)
             # We hold the single-writer lock: a SENDING row is a push cut short by a process
             # that died (kill -9, power loss). Replay it now rather than after its lease.
             recovered = store.recover_sending()
             if recovered:
                 log.info("recovered %d operation(s) left sending by a previous run", recovered)
-            return engine_options(store), store.account()
+            return engine_options(store), account
         finally:
             store.close()
 
@@ -436,8 +353,8 @@ class Daemon:
         self.request_stop(EX_OK)
 
     async def _start_engine(self, options: dict[str, Any]) -> None:
-        engine = SyncEngine(self.config.db_path, **{**options, **self.config.engine})
-        engine.on(ConnectionStateChanged, self._on_state)
+        engine = SyncEngine(self.config.db_path, **self.config.engine_kwargs(options))
+        engine.on(ConnectionStateChanged, lambda change: self._on_state(engine, change))
         self._token_sig = _token_signature(token_path(self.config.db_path))
         await engine.open()
         self.engine = engine
@@ -452,23 +369,25 @@ class Daemon:
             log.error("the engine did not stop within %.0f s", STOP_TIMEOUT_S)
             self._exit_code = self._exit_code or EX_FAILURE
 
-    def _on_state(self, change: ConnectionStateChanged) -> None:
+    def _on_state(self, engine: SyncEngine, change: ConnectionStateChanged) -> None:
         if change.new is not ConnectionState.FAILED or self._restarting:
             return
-        # The engine reports why its loop stopped only through the transition's reason.
-        if change.reason == "store corrupt":
-            log.error("the store is damaged: stopping; the file was left untouched")
-            self.request_stop(EX_DATAERR)
-        elif change.reason.startswith("credentials refused"):
+        # The engine names why its loop stopped with a typed error; its wording is for people.
+        failure = engine.failure
+        if isinstance(failure, AuthFailed):
             log.error(
                 "the server refused the credentials: run 'syncengine login'; the daemon "
                 "resumes by itself when the token changes"
             )
+            return
+        code = exit_code_for(failure) if failure is not None else EX_FAILURE
+        if code == EX_DATAERR:
+            log.error("the store is damaged: stopping; the file was left untouched")
         else:
             log.error("the sync loop stopped: %s", change.reason)
-            self.request_stop(EX_FAILURE)
+        self.request_stop(code)
 
-    # --- jobs -------------------------------------------------------------------------------
+    # --- housekeeping jobs ------------------------------------------------------------------
 
     def _start_scheduler(self) -> Any:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -476,8 +395,6 @@ class Daemon:
         cfg = self.config
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         jobs: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
-            ("safety-pull", self._job_safety_pull, cfg.safety_pull_s),
-            ("outbox-retry", self._job_outbox_retry, cfg.retry_s),
             ("typing-expiry", self._job_typing_expiry, cfg.typing_expiry_s),
             ("wal-checkpoint", self._job_checkpoint, cfg.checkpoint_s),
             ("prune-sent", self._job_prune_sent, cfg.prune_s),
@@ -503,35 +420,18 @@ class Daemon:
                 return
             try:
                 await func()
-            except (StoreCorrupt, SchemaTooNew) as exc:
-                log.error("%s; stopping", _one_line(exc))
-                self.request_stop(EX_DATAERR)
             except SyncEngineError as exc:
-                # Transient by nature (server away, store busy): the next run tries again.
-                log.info("job %s: %s", name, _one_line(exc))
+                if exit_code_for(exc) == EX_DATAERR:
+                    log.error("%s; stopping", _one_line(exc))
+                    self.request_stop(EX_DATAERR)
+                else:
+                    # Transient by nature (server away, store busy): the next run tries again.
+                    log.info("job %s: %s", name, _one_line(exc))
             except Exception:
                 log.exception("job %s failed", name)
 
         job.__name__ = f"job_{name.replace('-', '_')}"
         return job
-
-    def _live_engine(self) -> SyncEngine | None:
-        engine = self.engine
-        if engine is None or engine.state is not ConnectionState.LIVE:
-            return None
-        return engine
-
-    async def _job_safety_pull(self) -> None:
-        engine = self._live_engine()
-        if engine is not None:
-            await engine.sync_once()
-
-    async def _job_outbox_retry(self) -> None:
-        # Nothing is requeued here (a FAILED item waits for 'syncengine retry'); due PENDING
-        # items are pushed now instead of waiting for the loop's next look.
-        engine = self._live_engine()
-        if engine is not None and engine.store.due_count(time.time()):
-            await engine.sync_once()
 
     async def _job_typing_expiry(self) -> None:
         if self.engine is not None:
@@ -570,6 +470,17 @@ class Daemon:
             self._restarting = False
 
 
+def _require_account(db: Path, account: dict[str, str | None]) -> None:
+    """Raise NotLoggedIn unless the store has an account and a token (the daemon's wording)."""
+    if not account.get("user") or not account.get("server"):
+        raise NotLoggedIn(f"not logged in: run 'syncengine --db {db} login SERVER_URL USER' first")
+    if _token_signature(token_path(db)) is None:
+        raise NotLoggedIn(
+            f"no token for {account['user']} (logged out): run 'syncengine --db {db} login "
+            f"{account['server']} {account['user']}' first"
+        )
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -582,8 +493,4 @@ def run_daemon(config: DaemonConfig, *, early_signals: list[int] | None = None) 
     """
     daemon = Daemon(config)
     daemon.early_signals = early_signals if early_signals is not None else []
-    try:
-        return asyncio.run(daemon.run())
-    except UsageError as exc:
-        log.error("%s", _one_line(exc))
-        return EX_FAILURE
+    return asyncio.run(daemon.run())

@@ -2,7 +2,7 @@
 
 Everything runs on embedded defaults: the reference server on its own thread
 (:class:`~syncengine.server.testing.ServerThread`, 127.0.0.1, a free port), two stores in a
-temporary folder, and two :class:`~syncengine.engine.SyncEngine` instances (alice and bob) in
+temporary folder, and two :class:`~syncengine.SyncEngine` instances (alice and bob) in
 one asyncio program. The script:
 
 1. both log in; alice creates a conversation with bob;
@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import attrs
 
-from syncengine.engine import SyncEngine
+from syncengine import SyncEngine
 from syncengine.models import ConnectionState
 
 __all__ = ["DemoResult", "run_demo"]
@@ -270,19 +270,48 @@ async def _refresher(demo: _Demo) -> None:
         await asyncio.sleep(0.08)
 
 
-async def _play(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
-    started = time.monotonic()
-    view = demo.view
+@attrs.frozen
+class _Plan:
+    """How many messages each act has, and the pace they are played at."""
+
+    n_messages: int
+    n_live: int
+    n_bob_offline: int
+    n_alice_offline: int
+    typing: float
+    gap: float
+
+
+def _plan(n_messages: int, *, watched: bool) -> _Plan:
     n_live = max(2, n_messages // 3)
     n_bob_offline = max(1, (n_messages - n_live) // 2)
-    n_alice_offline = n_messages - n_live - n_bob_offline
     # Pace: human-looking for small runs, quick for big ones (the whole demo stays short);
     # slower when someone watches the live view.
-    slow = 2.5 if isinstance(view, _RichView) else 1.0
-    typing = min(0.25, 2.0 / n_messages) * slow
-    gap = min(0.08, 1.0 / n_messages) * slow
+    slow = 2.5 if watched else 1.0
+    return _Plan(
+        n_messages=n_messages,
+        n_live=n_live,
+        n_bob_offline=n_bob_offline,
+        n_alice_offline=n_messages - n_live - n_bob_offline,
+        typing=min(0.25, 2.0 / n_messages) * slow,
+        gap=min(0.08, 1.0 / n_messages) * slow,
+    )
 
-    view.say(f"reference server on {demo.server_url}; stores in {demo.workdir}")
+
+async def _play(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
+    started = time.monotonic()
+    plan = _plan(n_messages, watched=isinstance(demo.view, _RichView))
+    demo.view.say(f"reference server on {demo.server_url}; stores in {demo.workdir}")
+    await _log_in(demo)
+    cid = await _create_conversation(demo)
+    await _live_chat(demo, cid, plan)
+    await _bob_offline(demo, plan)
+    converge_s = await _bob_back(demo, server, cid, plan)
+    return _verdict(demo, server, cid, plan, converge_s, started)
+
+
+async def _log_in(demo: _Demo) -> None:
+    """Act 1: both log in, go live and online."""
     alice = await demo.open("alice", connect=True)
     bob = await demo.open("bob", connect=True)
     await alice.login(demo.server_url, "alice", "alice-demo-password", device="demo-laptop")
@@ -291,17 +320,25 @@ async def _play(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
         if not await engine.wait_for_state(ConnectionState.LIVE, timeout=10):
             raise _DemoFailed(f"{name} did not connect")
         await engine.set_presence("online")
-    view.say("alice and bob are logged in and live")
+    demo.view.say("alice and bob are logged in and live")
 
+
+async def _create_conversation(demo: _Demo) -> str:
+    """Alice creates the conversation; returns its id once bob has it too."""
+    alice, bob = demo.engines["alice"], demo.engines["bob"]
     conv = await alice.create_conversation("Lunch plans", members=["bob"])
     demo.conversation_id = cid = conv.id
     await _until(lambda: bob.store.has_conversation(cid), 10, "bob to see the conversation")
-    view.say(f"alice created the conversation 'Lunch plans' with bob ({cid})")
+    demo.view.say(f"alice created the conversation 'Lunch plans' with bob ({cid})")
+    return cid
 
-    view.say(f"live chat: {n_live} messages, with typing indicators")
-    for i in range(n_live):
+
+async def _live_chat(demo: _Demo, cid: str, plan: _Plan) -> None:
+    """Act 2: turns of live chat, each message seen by the other side before the next."""
+    demo.view.say(f"live chat: {plan.n_live} messages, with typing indicators")
+    for i in range(plan.n_live):
         sender, receiver = ("alice", "bob") if i % 2 == 0 else ("bob", "alice")
-        op_id = await demo.say(sender, demo.line(), typing=typing)
+        op_id = await demo.say(sender, demo.line(), typing=plan.typing)
         recv = demo.engines[receiver]
         send = demo.engines[sender]
         await _until(
@@ -314,60 +351,74 @@ async def _play(demo: _Demo, server: Any, n_messages: int) -> DemoResult:
             f"{receiver} to receive a message",
         )
 
-    view.say("bob goes offline (his engine stops) and keeps writing")
+
+async def _bob_offline(demo: _Demo, plan: _Plan) -> None:
+    """Act 3: bob's engine stops; he keeps writing into his outbox while alice writes too."""
+    demo.view.say("bob goes offline (his engine stops) and keeps writing")
     await demo.close("bob")
     bob = await demo.open("bob", connect=False)
-    for i in range(max(n_bob_offline, n_alice_offline)):
-        if i < n_bob_offline:
+    alice = demo.engines["alice"]
+    for i in range(max(plan.n_bob_offline, plan.n_alice_offline)):
+        if i < plan.n_bob_offline:
             await demo.say("bob", demo.line(), typing=0)
-        if i < n_alice_offline:
-            await demo.say("alice", demo.line(), typing=typing / 2)
-        await asyncio.sleep(gap)
+        if i < plan.n_alice_offline:
+            await demo.say("alice", demo.line(), typing=plan.typing / 2)
+        await asyncio.sleep(plan.gap)
     await alice.wait_for_pending(timeout=10)
     await _until(
         lambda: (p := alice.store.presence("bob")) is not None and p.status.value == "offline",
         5,
         "alice to see bob offline",
     )
-    view.say(
+    demo.view.say(
         f"alice sees bob offline; bob has {bob.store.health().pending} messages queued, "
-        f"alice's {n_alice_offline} are on the server"
+        f"alice's {plan.n_alice_offline} are on the server"
     )
 
-    view.say("bob is back: his outbox flushes, catch-up pulls what he missed")
+
+async def _bob_back(demo: _Demo, server: Any, cid: str, plan: _Plan) -> float | None:
+    """Act 4: bob reconnects; returns the seconds until all three agree (None: never)."""
+    demo.view.say("bob is back: his outbox flushes, catch-up pulls what he missed")
     await demo.close("bob")
     reconnect = time.monotonic()
     bob = await demo.open("bob", connect=True)
     await bob.set_presence("online")
-    limit = n_messages + 50
+    alice = demo.engines["alice"]
+    limit = plan.n_messages + 50
     try:
         await _until(
             lambda: (
                 _store_keys(alice, cid, limit)
                 == _store_keys(bob, cid, limit)
                 == _server_keys(server, cid)
-                and len(_server_keys(server, cid)) >= n_messages
+                and len(_server_keys(server, cid)) >= plan.n_messages
             ),
             30,
             "the stores to converge",
         )
-        converge_s: float | None = time.monotonic() - reconnect
     except _DemoFailed:
-        converge_s = None
+        return None
+    return time.monotonic() - reconnect
 
+
+def _verdict(
+    demo: _Demo, server: Any, cid: str, plan: _Plan, converge_s: float | None, started: float
+) -> DemoResult:
+    """Compare both stores with the server: same messages, each once, same order."""
+    limit = plan.n_messages + 50
     a, b, s = (
-        _store_keys(alice, cid, limit),
-        _store_keys(bob, cid, limit),
+        _store_keys(demo.engines["alice"], cid, limit),
+        _store_keys(demo.engines["bob"], cid, limit),
         _server_keys(server, cid),
     )
     duplicated = sum(len(keys) - len({k[0] for k in keys}) for keys in (a, b, s))
-    lost = max(0, n_messages - len(s))
+    lost = max(0, plan.n_messages - len(s))
     ok = (
         converge_s is not None
         and a == b == s
         and duplicated == 0
         and lost == 0
-        and len(s) == n_messages
+        and len(s) == plan.n_messages
         and all(k[0] is not None for k in a)
     )
     return DemoResult(

@@ -45,6 +45,8 @@ from syncengine.errors import (
     StoreError,
     StoreFull,
     StoreLocked,
+    SyncEngineError,
+    SyncStopped,
     TLSVerificationFailed,
     TransportError,
     UsageError,
@@ -190,6 +192,7 @@ class SyncEngine:
         self._pull_requested = False
         self._presence_stale = False
         self._last_error: str | None = None
+        self._failure: SyncEngineError | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -270,6 +273,16 @@ class SyncEngine:
     def state(self) -> ConnectionState:
         """The current connection state."""
         return self._core.state
+
+    @property
+    def failure(self) -> SyncEngineError | None:
+        """The typed error that stopped the sync loop while the state is FAILED, else None.
+
+        ``AuthFailed`` (log in again), ``TLSVerificationFailed``, ``StoreCorrupt`` or
+        ``SyncStopped`` (an unclassified error, chained as its cause). Supervisors such as the
+        daemon choose what to do from its type, never from the transition's reason text.
+        """
+        return self._failure if self._core.state is ConnectionState.FAILED else None
 
     @property
     def mode(self) -> str:
@@ -732,11 +745,14 @@ class SyncEngine:
                     await self._session()
         except AuthFailed as exc:
             self._last_error = str(exc)
+            self._failure = exc
             self._set_state(ConnectionState.FAILED, "credentials refused: log in again")
         except TLSVerificationFailed as exc:
             self._last_error = str(exc)
+            self._failure = exc
             self._set_state(ConnectionState.FAILED, str(exc))
-        except StoreCorrupt:
+        except StoreCorrupt as exc:
+            self._failure = exc
             self._set_state(ConnectionState.FAILED, "store corrupt")
             raise
         except asyncio.CancelledError:
@@ -744,6 +760,8 @@ class SyncEngine:
         except Exception as exc:  # a bug or an unclassified failure: report, do not spin
             log.exception("sync loop stopped")
             self._last_error = f"{type(exc).__name__}: {exc}"
+            self._failure = SyncStopped(self._last_error)
+            self._failure.__cause__ = exc
             self._set_state(ConnectionState.FAILED, self._last_error)
 
     async def _session(self) -> None:

@@ -10,7 +10,8 @@ status becomes is read from one table, ``core/policy.py::STATUS_TABLE``.
     SyncEngineError
     ├── UsageError                 you called the API wrongly (bad argument, unknown id,
     │                              a malformed server URL, a body JSON cannot carry)
-    │   └── NotFound               no such conversation / message / operation in the store
+    │   ├── NotFound               no such conversation / message / operation in the store
+    │   └── NotLoggedIn            no store, no account or no token here: log in first
     ├── StoreError                 the local SQLite store
     │   ├── StoreLocked            another process held the write lock past the busy timeout
     │   ├── StoreFull              the disk (or max_page_count) is full; nothing was written
@@ -20,11 +21,14 @@ status becomes is read from one table, ``core/policy.py::STATUS_TABLE``.
     ├── WireError                  a frame or payload broke the protocol (``field`` names where)
     ├── TransportError             the network, transient: retry with backoff
     │   ├── ServerUnavailable      5xx, 408, connection refused or cut, timeouts
-    │   └── RateLimited            429 (``retry_after`` seconds)
+    │   ├── RateLimited            429 (``retry_after`` seconds)
+    │   └── NotSynced              a sync or a wait for an ack did not finish; work stays queued
     ├── TLSVerificationFailed      the server's certificate did not verify (permanent)
     ├── AuthFailed                 401: credentials refused or token expired (log in again)
     ├── Rejected                   a permanent 4xx for one request or operation (or an
     │                              unexpected status, such as a redirect, which is retried)
+    │   └── OperationRejected      the operation waited for is FAILED (``op_id``)
+    ├── SyncStopped                the background sync loop stopped on an unclassified error
     └── CursorExpired              410: the cursor is older than the server's retention
 """
 
@@ -34,6 +38,9 @@ __all__ = [
     "AuthFailed",
     "CursorExpired",
     "NotFound",
+    "NotLoggedIn",
+    "NotSynced",
+    "OperationRejected",
     "RateLimited",
     "Rejected",
     "SchemaTooNew",
@@ -44,6 +51,7 @@ __all__ = [
     "StoreLockHeld",
     "StoreLocked",
     "SyncEngineError",
+    "SyncStopped",
     "TLSVerificationFailed",
     "TransportError",
     "UsageError",
@@ -61,6 +69,10 @@ class UsageError(SyncEngineError, ValueError):
 
 class NotFound(UsageError, LookupError):
     """The conversation, message or operation named does not exist in the store."""
+
+
+class NotLoggedIn(UsageError):
+    """The store is missing, has no account, or its token was removed: log in first."""
 
 
 class StoreError(SyncEngineError):
@@ -134,6 +146,14 @@ class RateLimited(TransportError):
         self.retry_after = retry_after
 
 
+class NotSynced(TransportError):
+    """A sync, or a wait for an operation's acknowledgement, did not finish in time.
+
+    Nothing was lost: the queued work stays queued for the next sync (the daemon's, or a
+    later ``syncengine sync``).
+    """
+
+
 class TLSVerificationFailed(SyncEngineError):
     """The server's TLS certificate did not verify. Not retried: fix the CA or the host."""
 
@@ -156,6 +176,30 @@ class Rejected(SyncEngineError):
         self.code = code
         self.reason = reason
         self.status = status
+
+
+class OperationRejected(Rejected):
+    """The operation waited for was refused by the server and parked as FAILED.
+
+    Attributes:
+        op_id: the operation.
+        last_error: the outbox row's ``last_error`` (``"code: reason"``).
+    """
+
+    def __init__(self, op_id: str, last_error: str | None) -> None:
+        code, _sep, reason = (last_error or "").partition(": ")
+        super().__init__(code or "rejected", reason or (last_error or ""))
+        # The message names the operation; code and reason stay apart for callers.
+        self.args = (f"the server rejected {op_id}: {last_error}",)
+        self.op_id = op_id
+        self.last_error = last_error
+
+
+class SyncStopped(SyncEngineError):
+    """The background sync loop stopped on an error it does not classify (a bug).
+
+    The original exception is the ``__cause__``; the engine stays FAILED until reopened.
+    """
 
 
 class CursorExpired(SyncEngineError):

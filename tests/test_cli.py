@@ -517,3 +517,27 @@ def test_version_and_help() -> None:
     help_text = invoke("--help").stdout
     for name in ("login", "status", "send", "daemon", "demo", "serve"):
         assert name in help_text
+
+
+# --- the send path (issue 11) --------------------------------------------------------------------
+
+
+def test_a_cli_send_goes_through_the_engine_and_emits_message_queued(
+    alice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncengine import SyncEngine
+    from syncengine.events import MessageQueued
+    from syncengine.local import writes
+
+    seen: list[MessageQueued] = []
+
+    class Watched(SyncEngine):
+        async def open(self) -> None:
+            await super().open()
+            self.on(MessageQueued, seen.append)
+
+    monkeypatch.setattr(writes, "SyncEngine", Watched)
+    cid = one_json(invoke("--db", str(alice), "--json", "create", "emits"))["id"]
+    body = "queued by the CLI"
+    op_id = one_json(invoke("--db", str(alice), "--json", "send", cid, body))["op_id"]
+    assert [(e.message.op_id, e.message.body) for e in seen] == [(op_id, body)]

@@ -516,3 +516,119 @@ def test_sigterm_during_start_up_is_a_clean_stop(
     assert code == 0, err
     assert took < 5
     assert daemon_info(db) == (False, None)
+
+
+# --- typed failures and timer ownership (issue 11) ----------------------------------------------
+
+
+def test_exit_codes_come_from_the_failure_type() -> None:
+    from syncengine.daemon import EX_FAILURE, exit_code_for
+    from syncengine.errors import (
+        NotLoggedIn,
+        SchemaTooNew,
+        StoreCorrupt,
+        StoreLocked,
+        SyncStopped,
+        TLSVerificationFailed,
+    )
+
+    assert exit_code_for(StoreCorrupt("x", path="a.db")) == EX_DATAERR
+    assert exit_code_for(SchemaTooNew("x")) == EX_DATAERR
+    assert exit_code_for(StoreLockHeld("x", pid=1)) == EX_TEMPFAIL
+    for failure in (NotLoggedIn("x"), StoreLocked("x"), SyncStopped("x")):
+        assert exit_code_for(failure) == EX_FAILURE
+    assert exit_code_for(TLSVerificationFailed("x")) == EX_FAILURE
+    assert exit_code_for(RuntimeError("a bug")) == EX_FAILURE
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [("corrupt", EX_DATAERR), ("stopped", 1), ("auth", None)],
+)
+def test_a_failed_engine_stops_the_daemon_by_the_type_of_its_failure(
+    tmp_path: Path, failure: str, code: int | None
+) -> None:
+    from syncengine.errors import AuthFailed, StoreCorrupt, SyncStopped
+    from syncengine.events import ConnectionStateChanged
+
+    errors = {
+        "corrupt": StoreCorrupt("damaged", path="a.db"),
+        "stopped": SyncStopped("boom"),
+        "auth": AuthFailed("refused"),
+    }
+
+    error = errors[failure]
+
+    class Failed:
+        """Stands in for an engine: only its typed failure matters, not the reason text."""
+
+        failure = error
+
+    async def go() -> Daemon:
+        daemon = Daemon(DaemonConfig(db_path=tmp_path / "a.db"))
+        change = ConnectionStateChanged(
+            old=ConnectionState.LIVE, new=ConnectionState.FAILED, reason="words, not a type"
+        )
+        daemon._on_state(Failed(), change)  # type: ignore[arg-type]
+        return daemon
+
+    daemon = asyncio.run(go())
+    if code is None:
+        assert not daemon._stop.is_set()  # refused credentials wait for a new login
+    else:
+        assert daemon._stop.is_set() and daemon._exit_code == code
+
+
+async def test_safety_pull_is_the_engines_timer_set_by_the_daemon(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "server") as server:
+        db = tmp_path / "a.db"
+        await _logged_in_store(server.url, db)
+
+        async def pulls_while_live(safety_pull_s: float, watch_s: float) -> bool:
+            daemon = Daemon(DaemonConfig(db_path=db, safety_pull_s=safety_pull_s))
+            task = asyncio.create_task(daemon.run())
+            try:
+                await _until(
+                    lambda: (
+                        daemon.engine is not None and daemon.engine.state is ConnectionState.LIVE
+                    ),
+                    10,
+                    "live",
+                )
+                with Store(db) as store:
+                    first = store.health().last_sync_at
+                    deadline = time.monotonic() + watch_s
+                    while time.monotonic() < deadline:
+                        if store.health().last_sync_at != first:
+                            return True
+                        await asyncio.sleep(0.05)
+                return False
+            finally:
+                daemon.request_stop()
+                assert await asyncio.wait_for(task, 10) == 0
+
+        assert await pulls_while_live(0.3, 5.0)  # a quiet live link: only the timer pulls
+        assert not await pulls_while_live(60.0, 1.5)
+
+
+def test_safety_pull_option_reaches_the_daemon_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import syncengine.daemon as daemon_module
+
+    configs: list[DaemonConfig] = []
+    monkeypatch.setattr(daemon_module, "setup_logging", lambda level: None)
+    monkeypatch.setattr(
+        daemon_module, "run_daemon", lambda config, early_signals: configs.append(config) or 0
+    )
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = invoke("--db", str(tmp_path / "a.db"), "daemon", "--safety-pull", "7")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == 0, result.stderr
+    (config,) = configs
+    assert config.safety_pull_s == 7.0
+    kwargs = config.engine_kwargs({"ca_file": "ca.pem"})
+    assert kwargs == {"ca_file": "ca.pem", "safety_pull_s": 7.0}
