@@ -34,8 +34,9 @@ from syncengine.models import (
     PresenceStatus,
 )
 from syncengine.store import MAX_BODY_CHARS, Store, move_aside
+from syncengine.store import apply as store_apply
+from syncengine.store.outbox import SENDING_LEASE_S
 from syncengine.store.schema import SCHEMA_NAMES
-from syncengine.store.store import SENDING_LEASE_S
 from syncengine.wire import HistoryMessage, OpResult
 from tests.helpers_store import (
     ME,
@@ -546,7 +547,8 @@ def test_failure_inside_the_transaction_rolls_back_events_and_cursor(
     def fail(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_set_cursor", fail)  # fails after every event was written
+    # fails after every event of the page was written, inside the same transaction
+    monkeypatch.setattr(store_apply, "set_cursor", fail)
     with pytest.raises(StoreError):
         store.apply_events([received(CID, 2, 3), deleted(CID, 3, 4, "x")], cursor=4)
     monkeypatch.undo()
