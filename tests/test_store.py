@@ -795,6 +795,16 @@ def test_health_is_derived_from_the_store(store: Store, clock: Clock) -> None:
     assert store.health().oldest_pending_age_s == 0  # the third, queued just now
 
 
+def test_open_gaps_come_from_the_caller_only(store: Store) -> None:
+    # The sync protocol of the syncing process knows the gaps; the file does not keep them
+    # (nothing ever wrote meta.open_gaps: reading it was dead code).
+    assert store.health(open_gaps=3).open_gaps == 3
+    assert not store.health(open_gaps=3).in_sync
+    store.set_meta(open_gaps="5")
+    assert store.health().open_gaps == 0
+    assert store.health(open_gaps=0).in_sync
+
+
 def test_account_is_remembered_and_cannot_be_mixed(db_path: Path, clock: Clock) -> None:
     with Store(db_path, clock=clock) as s:
         assert s.account() == {"server": None, "user": None, "device": None}

@@ -227,16 +227,15 @@ def health(c: Any, now: float, open_gaps: int | None) -> SyncHealth:
     """The sync-health report, derived from what the file holds.
 
     Status derived from the store, never from a flag set optimistically, cannot say "synced"
-    while uploads are pending.
+    while uploads are pending. Open gaps are known only to the syncing process (its sync
+    protocol detects them): it passes ``open_gaps``; any other reader gets 0.
     """
     counts = dict(c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
     oldest = c.execute(
         "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
     ).fetchone()[0]
     meta = dict(
-        c.execute(
-            "SELECT key, value FROM meta WHERE key IN ('state', 'last_sync_at', 'open_gaps')"
-        ).fetchall()
+        c.execute("SELECT key, value FROM meta WHERE key IN ('state', 'last_sync_at')").fetchall()
     )
     n_conv = c.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
     n_msg = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
@@ -248,7 +247,7 @@ def health(c: Any, now: float, open_gaps: int | None) -> SyncHealth:
         oldest_pending_age_s=(now - oldest) if oldest is not None else None,
         cursor=read_cursor(c),
         last_sync_at=float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
-        open_gaps=open_gaps if open_gaps is not None else int(meta.get("open_gaps") or 0),
+        open_gaps=open_gaps or 0,
         conversations=n_conv,
         messages=n_msg,
     )

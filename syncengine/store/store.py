@@ -432,7 +432,9 @@ class Store:
         """The sync-health summary, derived from the store, never from a flag.
 
         Args:
-            open_gaps: seq gaps the caller has detected and not yet filled.
+            open_gaps: seq gaps the caller's sync protocol has detected and not yet filled.
+                Only the syncing process knows them (they are not stored); without it the
+                report says 0.
         """
         now = self._clock()
         return self._read(queries.health, now, open_gaps)
