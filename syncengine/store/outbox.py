@@ -2,6 +2,16 @@
 
 Rules of this file:
 
+- Every state move is checked against ``OUTBOX_TRANSITIONS`` in ``syncengine/core/sync.py``
+  (imported, never copied). The moves each function's SQL makes are named below and checked
+  when this module is imported; a move asked of one named item (:func:`mark_failed`,
+  :func:`mark_sent_in`, :func:`requeue`) is checked against the item's stored state and
+  refused with :class:`IllegalOutboxMove` before anything is written.
+- Rewriting a row in the state it is already in is not a move: a replayed acknowledgement
+  (SENT stays SENT) or a claim after the lease ran out (SENDING stays SENDING).
+- Moves asked of many rows whose outcome the live channel may have settled meanwhile
+  (:func:`mark_retry`, :func:`recover_sending`, the echo confirmation in ``apply.py``) name
+  their source state in SQL, so rows in any other state are left alone.
 - Every function takes a connection inside the transaction its caller opened (the ``Store``
   facade): the transaction boundaries are all visible in one place.
 """
@@ -14,12 +24,18 @@ from typing import Any
 import attrs
 import orjson
 
+from syncengine.core.sync import OUTBOX_TRANSITIONS
 from syncengine.errors import NotFound, UsageError
 from syncengine.models import OpKind, OutboxItem, OutboxState, new_id
 from syncengine.store.validate import _check_text, _validate
 from syncengine.wire import OpResult
 
-__all__ = ["SENDING_LEASE_S"]
+__all__ = [
+    "SENDING_LEASE_S",
+    "IllegalOutboxMove",
+    "check_move",
+    "sources",
+]
 
 #: How long a claimed (SENDING) item is left alone before another claim may take it again:
 #: the process that claimed it is presumed dead.
@@ -38,8 +54,62 @@ OUTBOX_COLUMNS = (
 )
 
 
+class IllegalOutboxMove(UsageError):
+    """An outbox item was asked to make a move ``OUTBOX_TRANSITIONS`` does not allow.
+
+    Nothing was written. It is a :class:`~syncengine.errors.UsageError`: the caller asked for
+    the move (like h11's ``LocalProtocolError``), the store itself is sound.
+
+    Attributes:
+        op_id: the item's operation id (empty when no item is involved).
+        old: the state the item is in.
+        new: the state it was asked to move to.
+    """
+
+    def __init__(
+        self, op_id: str, old: OutboxState, new: OutboxState, message: str | None = None
+    ) -> None:
+        self.op_id = op_id
+        self.old = old
+        self.new = new
+        super().__init__(message or f"operation {op_id} cannot move {old.value} -> {new.value}")
+
+
+def check_move(old: OutboxState | str, new: OutboxState | str, op_id: str = "") -> str:
+    """The reason ``old -> new`` is allowed, from ``OUTBOX_TRANSITIONS``.
+
+    Raises:
+        IllegalOutboxMove: the table has no such move.
+    """
+    old, new = OutboxState(old), OutboxState(new)
+    try:
+        return OUTBOX_TRANSITIONS[(old, new)]
+    except KeyError:
+        raise IllegalOutboxMove(op_id, old, new) from None
+
+
+def sources(new: OutboxState) -> tuple[OutboxState, ...]:
+    """The states the table allows to move to ``new``, in table order."""
+    return tuple(old for (old, to) in OUTBOX_TRANSITIONS if to is new)
+
+
+def _sql_states(states: Iterable[OutboxState]) -> str:
+    return ", ".join(f"'{s.value}'" for s in states)
+
+
+#: The fixed moves the SQL below makes (its source state is written in the statement).
+FIXED_MOVES = (
+    (PENDING, SENDING),  # claim
+    (SENDING, PENDING),  # mark_retry, recover_sending
+    (FAILED, PENDING),  # requeue
+)
+# Checked against the table at import: a table that drops one of them fails loudly here
+# instead of letting the SQL move rows it forbids.
+for _move in FIXED_MOVES:
+    check_move(*_move)
+
 #: States an item may be confirmed SENT from by its server copy (the echo): SQL text.
-ECHO_SOURCES_SQL = "'pending', 'sending'"
+ECHO_SOURCES_SQL = _sql_states(sources(SENT))
 
 
 def outbox_item(row: Sequence[Any]) -> OutboxItem:
@@ -249,13 +319,20 @@ def claim(c: Any, limit: int, now: float) -> list[OutboxItem]:
 
 
 def mark_sent_in(c: Any, me: str, result: OpResult, now: float) -> bool:
-    """Record one acknowledgement; True when it moved the item to SENT."""
+    """Record one acknowledgement; True when it moved the item to SENT.
+
+    Raises:
+        IllegalOutboxMove: the item is FAILED (only a retry moves a FAILED item); nothing
+            of this transaction is kept.
+    """
     row = c.execute(
         "SELECT kind, conversation_id, state FROM outbox WHERE op_id = ?", (result.op_id,)
     ).fetchone()
     if row is None:
         return False
     kind, cid, state = OpKind(row[0]), row[1], row[2]
+    if state != SENT:
+        check_move(state, SENT, result.op_id)
     c.execute(
         "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, "
         "next_attempt_at = NULL, updated_at = ? WHERE op_id = ?",
@@ -298,10 +375,16 @@ def _result_dict(result: OpResult) -> dict[str, Any]:
 
 
 def mark_failed(c: Any, me: str, op_id: str, code: str, reason: str, now: float) -> bool:
-    """Park one item as FAILED; False when unknown, SENT or already FAILED."""
+    """Park one SENDING item as FAILED; False when unknown or already FAILED.
+
+    Raises:
+        IllegalOutboxMove: the item is PENDING (no push of it is in flight, so no answer
+            can reject it) or SENT (the server applied it: a rejection cannot undo that).
+    """
     row = c.execute("SELECT kind, state FROM outbox WHERE op_id = ?", (op_id,)).fetchone()
-    if row is None or row[1] in (SENT, FAILED):
+    if row is None or row[1] == FAILED:
         return False
+    check_move(row[1], FAILED, op_id)
     c.execute(
         "UPDATE outbox SET state = 'failed', last_error = ?, updated_at = ? WHERE op_id = ?",
         (f"{code}: {reason}", now, op_id),
@@ -331,7 +414,8 @@ def requeue(c: Any, me: str, op_ids: Iterable[str] | None, now: float) -> list[s
 
     Raises:
         NotFound: an op id that is not in the outbox.
-        UsageError: an item that is not FAILED.
+        IllegalOutboxMove: an item the table does not allow back to PENDING (SENT).
+        UsageError: an item that is not FAILED (already PENDING, or SENDING).
     """
     if op_ids is None:
         ids = [r[0] for r in c.execute("SELECT op_id FROM outbox WHERE state = 'failed'")]
@@ -341,8 +425,12 @@ def requeue(c: Any, me: str, op_ids: Iterable[str] | None, now: float) -> list[s
             row = c.execute("SELECT state FROM outbox WHERE op_id = ?", (op_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no operation {op_id} in the outbox")
-            if row[0] != FAILED:
-                raise UsageError(f"operation {op_id} is {row[0]}, not failed")
+            old = OutboxState(row[0])
+            if old is not FAILED:
+                message = f"operation {op_id} is {old.value}, not failed"
+                if old is not PENDING and (old, PENDING) not in OUTBOX_TRANSITIONS:
+                    raise IllegalOutboxMove(op_id, old, PENDING, message)
+                raise UsageError(message)
     c.executemany(
         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = NULL, "
         "updated_at = ? WHERE op_id = ?",

@@ -36,7 +36,7 @@ from syncengine.models import (
 from syncengine.store import apply, outbox, queries
 from syncengine.store.apply import ApplyResult
 from syncengine.store.db import StoreDB
-from syncengine.store.outbox import SENDING_LEASE_S
+from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
 from syncengine.store.queries import STREAM
 from syncengine.store.validate import MAX_BODY_CHARS, MAX_TITLE_CHARS
 from syncengine.wire import OpResult
@@ -47,6 +47,7 @@ __all__ = [
     "SENDING_LEASE_S",
     "STREAM",
     "ApplyResult",
+    "IllegalOutboxMove",
     "Store",
 ]
 
@@ -202,18 +203,28 @@ class Store:
         For a send, the local echo becomes the server copy (server id and seq) in place; if the
         server copy was already stored by the live channel or a pull, nothing is duplicated.
         Returns True when this call moved the item to SENT (False if it already was).
+
+        Raises:
+            IllegalOutboxMove: the item is FAILED; nothing was written.
         """
         return self.mark_sent_many([result])[0]
 
     def mark_sent_many(self, results: Sequence[OpResult]) -> list[bool]:
         """:meth:`mark_sent` for a whole push batch, in one transaction (one commit, not one
         per operation). Returns, for each result, whether this call moved its item to SENT.
+
+        Raises:
+            IllegalOutboxMove: one item is FAILED; nothing of the batch was written.
         """
         return self._write(outbox.mark_sent_many, self.user, results, self._clock())
 
     def mark_failed(self, op_id: str, code: str, reason: str) -> bool:
-        """Park one operation as FAILED (a permanent rejection); others keep flowing.
-        True when this call moved it, False when the op id is unknown, SENT or already FAILED.
+        """Park one SENDING operation as FAILED (a permanent rejection); others keep flowing.
+        True when this call moved it, False when the op id is unknown or already FAILED.
+
+        Raises:
+            IllegalOutboxMove: the item is PENDING or SENT (the transition table has no such
+                move); nothing was written.
         """
         return self._write(outbox.mark_failed, self.user, op_id, code, reason, self._clock())
 
@@ -229,7 +240,8 @@ class Store:
 
         Raises:
             NotFound: an op id that is not in the outbox.
-            UsageError: an op id whose item is not FAILED; nothing was requeued.
+            UsageError: an op id whose item is not FAILED (:class:`IllegalOutboxMove` when
+                the item is SENT); nothing was requeued.
         """
         return self._write(outbox.requeue, self.user, op_ids, self._clock())
 
