@@ -850,6 +850,49 @@ def test_existing_loose_modes_are_tightened_on_open(tmp_path: Path) -> None:
         first.close()
 
 
+def test_every_folder_the_store_creates_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    before = file_mode(tmp_path)
+    try:
+        path = tmp_path / "a" / "b" / "c" / "sync.db"
+        with open_store(path):
+            pass
+        for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+            assert file_mode(folder) == 0o700, folder
+        assert file_mode(tmp_path) == before  # it existed: untouched
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    with open_store(folder / "sync.db"):
+        pass
+    assert file_mode(folder) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("narrowed", "expected"), [(0o444, 0o400), (0o400, 0o400)], ids=["0444", "0400"]
+)
+def test_opening_never_widens_a_mode_the_owner_narrowed(
+    tmp_path: Path, narrowed: int, expected: int
+) -> None:
+    path = tmp_path / "sync.db"
+    with open_store(path) as s:
+        s.apply_events([conv_updated(CID, 1, 1)])
+    os.chmod(path, narrowed)
+    try:
+        # As root the file still opens; as another user SQLite refuses to write it. Either
+        # way group and other lose their bits and the owner gains none.
+        with contextlib.suppress(StoreError), open_store(path):
+            pass
+        assert file_mode(path) == expected
+    finally:
+        os.chmod(path, 0o600)
+
+
 # --- schema, migrations, corruption ----------------------------------------------------------
 
 
