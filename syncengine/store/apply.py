@@ -7,9 +7,10 @@ Rules of this file:
   pass (:func:`sort_events`), then runs one ``executemany`` per statement kind inside the one
   transaction its caller opened (:func:`write_page`). No per-event SQL, no SELECT before an
   insert: ``ON CONFLICT`` decides repeats.
-- One copy of each upsert: typing rows go through :func:`upsert_typing`, presence rows
-  through :func:`upsert_presence`, a conversation's member rows through
-  :func:`_set_members`, whether they come from the live channel or a snapshot.
+- One copy of each upsert: typing rows are built by :func:`typing_row` and stored by
+  :func:`upsert_typing`, presence rows by :func:`presence_row` and :func:`upsert_presence`,
+  a conversation's member rows by :func:`_set_members`, whether they come from the live
+  channel or a snapshot.
 - Every function takes a connection inside the caller's transaction.
 """
 
@@ -353,41 +354,47 @@ _PRESENCE_UPSERT = (
 )
 
 
-def upsert_typing(
-    c: Any, conversation_id: str, user: str, *, typing: bool, ts_ms: int, ttl_s: float, now: float
-) -> bool:
-    """Record a typing start (or stop), ordered by the server's ``ts_ms``; True if it changed.
+def typing_row(
+    conversation_id: str, user: str, typing: bool, ts_ms: int, ttl_s: float, now: float
+) -> tuple[str, str, float, int]:
+    """The typing row for a start (or a stop) received at ``now``.
 
     The expiry is taken on the local clock at receipt (``now + ttl_s``), so a skewed server
     clock cannot keep an indicator on; a stop expires at once.
     """
-    expires = now + ttl_s if typing else 0.0
-    return c.execute(_TYPING_UPSERT, (conversation_id, user, expires, ts_ms)).rowcount > 0
+    return (conversation_id, user, now + ttl_s if typing else 0.0, ts_ms)
 
 
-def presence_status(status: str) -> str:
-    """``status`` as stored.
+def upsert_typing(c: Any, rows: Sequence[tuple[str, str, float, int]]) -> int:
+    """Store typing rows, each only if not older (server ``ts_ms``) than the stored one.
+
+    Returns how many rows changed.
+    """
+    return int(c.executemany(_TYPING_UPSERT, rows).rowcount)
+
+
+# A dict lookup, not ``PresenceStatus(value)``: the live path converts one per event.
+_PRESENCE_STATUSES = {s.value: s.value for s in PresenceStatus}
+
+
+def presence_row(
+    user: str, status: str, ts_ms: int, last_seen_ms: int | None
+) -> tuple[str, str, float | None, int]:
+    """The presence row for a change.
 
     Raises:
-        UsageError: not one of :class:`PresenceStatus`.
+        UsageError: ``status`` is not one of :class:`PresenceStatus`.
     """
-    try:
-        return PresenceStatus(status).value
-    except ValueError:
-        raise UsageError(f"unknown presence status {status!r}") from None
+    stored = _PRESENCE_STATUSES.get(status) if isinstance(status, str) else None
+    if stored is None:
+        raise UsageError(f"unknown presence status {status!r}")
+    return (user, stored, last_seen_ms / 1000 if last_seen_ms is not None else None, ts_ms)
 
 
-def upsert_presence(
-    c: Any, user: str, status: str, *, ts_ms: int, last_seen_ms: int | None
-) -> bool:
-    """Record a presence change, ordered by the server's ``ts_ms``; True if it changed.
-
-    Raises:
-        UsageError: an unknown ``status`` (nothing written).
-    """
-    last_seen = last_seen_ms / 1000 if last_seen_ms is not None else None
-    row = (user, presence_status(status), last_seen, ts_ms)
-    return c.execute(_PRESENCE_UPSERT, row).rowcount > 0
+def upsert_presence(c: Any, rows: Sequence[tuple[str, str, float | None, int]]) -> int:
+    """Store presence rows, each only if not older (server ``ts_ms``) than the stored one; a
+    row without ``last_seen`` keeps the stored one. Returns how many rows changed."""
+    return int(c.executemany(_PRESENCE_UPSERT, rows).rowcount)
 
 
 def clear_typing(c: Any) -> None:
@@ -403,30 +410,31 @@ def prune_typing(c: Any, now: float) -> int:
 def apply_ephemeral(
     c: Any, events: Sequence[ServerEvent], me: str, now: float
 ) -> list[ServerEvent]:
-    """The live path for typing and presence; returns the events less the refused ones."""
+    """The live path for typing and presence; returns the events less the refused ones.
+
+    Rows are built in one pass and stored with one ``executemany`` per table (the order
+    within each table is kept, and the two tables are independent).
+    """
     kept: list[ServerEvent] = []
+    typing_rows: list[tuple[str, str, float, int]] = []
+    presence_rows: list[tuple[str, str, float | None, int]] = []
     for ev in events:
         if isinstance(ev, TypingStarted):
-            # Our own start is never shown, so it is not stored either.
-            if ev.user != me:
+            if ev.user != me:  # our own start is never shown, so it is not stored either
                 ttl_s = ev.ttl_ms / 1000
-                upsert_typing(
-                    c,
-                    ev.conversation_id,
-                    ev.user,
-                    typing=True,
-                    ts_ms=ev.ts_ms,
-                    ttl_s=ttl_s,
-                    now=now,
+                typing_rows.append(
+                    typing_row(ev.conversation_id, ev.user, True, ev.ts_ms, ttl_s, now)
                 )
         elif isinstance(ev, TypingStopped):
-            upsert_typing(
-                c, ev.conversation_id, ev.user, typing=False, ts_ms=ev.ts_ms, ttl_s=0.0, now=now
-            )
+            typing_rows.append(typing_row(ev.conversation_id, ev.user, False, ev.ts_ms, 0.0, now))
         elif isinstance(ev, UserPresenceChanged):
             try:
-                upsert_presence(c, ev.user, ev.status, ts_ms=ev.ts_ms, last_seen_ms=ev.last_seen_ms)
+                presence_rows.append(presence_row(ev.user, ev.status, ev.ts_ms, ev.last_seen_ms))
             except UsageError:
                 continue  # an unknown status from the server: dropped, not shown
         kept.append(ev)
+    if typing_rows:
+        upsert_typing(c, typing_rows)
+    if presence_rows:
+        upsert_presence(c, presence_rows)
     return kept

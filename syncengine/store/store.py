@@ -334,15 +334,8 @@ class Store:
         The expiry is computed on the local clock from the time of receipt, so a skewed
         clock cannot keep an indicator on. Returns True when the row changed.
         """
-        return self._write(
-            apply.upsert_typing,
-            conversation_id,
-            user,
-            typing=typing,
-            ts_ms=ts_ms,
-            ttl_s=ttl_s,
-            now=self._clock(),
-        )
+        row = apply.typing_row(conversation_id, user, typing, ts_ms, ttl_s, self._clock())
+        return self._write(apply.upsert_typing, [row]) > 0
 
     def clear_typing(self) -> None:
         """Forget every typing indicator (on disconnect: a lost stop must not stick)."""
@@ -364,10 +357,8 @@ class Store:
         Raises:
             UsageError: ``status`` is not one of :class:`PresenceStatus`.
         """
-        apply.presence_status(status)  # refused before the write transaction is opened
-        return self._write(
-            apply.upsert_presence, user, status, ts_ms=ts_ms, last_seen_ms=last_seen_ms
-        )
+        row = apply.presence_row(user, status, ts_ms, last_seen_ms)  # refused before writing
+        return self._write(apply.upsert_presence, [row]) > 0
 
     def apply_ephemeral(self, events: Sequence[ServerEvent]) -> list[ServerEvent]:
         """Record a batch of typing and presence events in one transaction (the live path).
