@@ -34,8 +34,9 @@ from syncengine.models import (
     PresenceStatus,
 )
 from syncengine.store import MAX_BODY_CHARS, Store, move_aside
+from syncengine.store import apply as store_apply
+from syncengine.store.outbox import SENDING_LEASE_S
 from syncengine.store.schema import SCHEMA_NAMES
-from syncengine.store.store import SENDING_LEASE_S
 from syncengine.wire import HistoryMessage, OpResult
 from tests.helpers_store import (
     ME,
@@ -546,7 +547,8 @@ def test_failure_inside_the_transaction_rolls_back_events_and_cursor(
     def fail(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_set_cursor", fail)  # fails after every event was written
+    # fails after every event of the page was written, inside the same transaction
+    monkeypatch.setattr(store_apply, "set_cursor", fail)
     with pytest.raises(StoreError):
         store.apply_events([received(CID, 2, 3), deleted(CID, 3, 4, "x")], cursor=4)
     monkeypatch.undo()
@@ -793,6 +795,16 @@ def test_health_is_derived_from_the_store(store: Store, clock: Clock) -> None:
     assert store.health().oldest_pending_age_s == 0  # the third, queued just now
 
 
+def test_open_gaps_come_from_the_caller_only(store: Store) -> None:
+    # The sync protocol of the syncing process knows the gaps; the file does not keep them
+    # (nothing ever wrote meta.open_gaps: reading it was dead code).
+    assert store.health(open_gaps=3).open_gaps == 3
+    assert not store.health(open_gaps=3).in_sync
+    store.set_meta(open_gaps="5")
+    assert store.health().open_gaps == 0
+    assert store.health(open_gaps=0).in_sync
+
+
 def test_account_is_remembered_and_cannot_be_mixed(db_path: Path, clock: Clock) -> None:
     with Store(db_path, clock=clock) as s:
         assert s.account() == {"server": None, "user": None, "device": None}
@@ -836,6 +848,49 @@ def test_existing_loose_modes_are_tightened_on_open(tmp_path: Path) -> None:
             assert [file_mode(p) for p in files] == [0o600] * 3
     finally:
         first.close()
+
+
+def test_every_folder_the_store_creates_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    before = file_mode(tmp_path)
+    try:
+        path = tmp_path / "a" / "b" / "c" / "sync.db"
+        with open_store(path):
+            pass
+        for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+            assert file_mode(folder) == 0o700, folder
+        assert file_mode(tmp_path) == before  # it existed: untouched
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    with open_store(folder / "sync.db"):
+        pass
+    assert file_mode(folder) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("narrowed", "expected"), [(0o444, 0o400), (0o400, 0o400)], ids=["0444", "0400"]
+)
+def test_opening_never_widens_a_mode_the_owner_narrowed(
+    tmp_path: Path, narrowed: int, expected: int
+) -> None:
+    path = tmp_path / "sync.db"
+    with open_store(path) as s:
+        s.apply_events([conv_updated(CID, 1, 1)])
+    os.chmod(path, narrowed)
+    try:
+        # As root the file still opens; as another user SQLite refuses to write it. Either
+        # way group and other lose their bits and the owner gains none.
+        with contextlib.suppress(StoreError), open_store(path):
+            pass
+        assert file_mode(path) == expected
+    finally:
+        os.chmod(path, 0o600)
 
 
 # --- schema, migrations, corruption ----------------------------------------------------------

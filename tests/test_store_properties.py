@@ -1,7 +1,8 @@
 """G4 as a property: any order, any repetition and any paging of the same events (and of the
 acks of our own sends) leaves the same observable state, and that state is the one an
 independent model of the event history predicts. Plus a stateful test of the outbox's
-per-conversation FIFO rule (pitfall 3)."""
+per-conversation FIFO rule: an item waiting for its retry holds back its own conversation
+only, and a FAILED item holds back nothing, so one bad operation never stalls the outbox."""
 
 from __future__ import annotations
 

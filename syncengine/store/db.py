@@ -1,7 +1,8 @@
 """Opening the SQLite file safely, and translating sqlite3 errors into syncengine's.
 
 - The file is created 0600 *before* SQLite opens it (SQLite gives -wal and -shm the mode of
-  the main file), its folder 0700; looser modes on existing files are tightened.
+  the main file), each folder it needs 0700; group and other permissions on existing files
+  are removed, and no permission is ever added.
 - WAL journal, ``synchronous=FULL``, a busy timeout; every write in ``BEGIN IMMEDIATE``.
 - A file that is not a database, or is damaged, raises :class:`StoreCorrupt` and is left where
   it is; :func:`move_aside` renames it (never deletes it) when the caller decides to start over.
@@ -30,17 +31,38 @@ from syncengine.errors import (
 )
 from syncengine.store.schema import MIGRATIONS, SCHEMA_NAMES
 
-__all__ = ["StoreDB", "map_sqlite_error", "move_aside", "secure_file"]
+__all__ = ["StoreDB", "make_folders", "map_sqlite_error", "move_aside", "secure_file"]
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 
 
+def make_folders(folder: Path) -> None:
+    """Create ``folder`` and each missing parent with mode 0700.
+
+    ``mkdir(parents=True)`` gives the parents it creates the umask's mode (often 0755), not
+    the one asked for. Folders that already exist are left as they are (one may be the
+    user's own directory).
+    """
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another process made it meanwhile
+        os.chmod(new, 0o700)  # mkdir's mode passes through the umask
+
+
 def secure_file(path: Path) -> None:
-    """Create ``path`` (mode 0600) and its folder (0700) if missing; tighten looser modes."""
-    folder = path.parent
-    if not folder.exists():
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+    """Create ``path`` (mode 0600) and its missing folders (0700); drop group and other
+    permissions from the database, -wal and -shm files.
+
+    Only bits are removed, never added: a file its owner made read-only (0444) becomes 0400,
+    not 0600.
+    """
+    make_folders(path.parent)
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
         os.close(fd)
@@ -50,7 +72,7 @@ def secure_file(path: Path) -> None:
         except FileNotFoundError:
             continue
         if mode & 0o077:
-            os.chmod(p, 0o600)
+            os.chmod(p, mode & 0o700)
 
 
 def move_aside(path: Path) -> Path:

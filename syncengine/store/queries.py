@@ -1,0 +1,253 @@
+"""Read queries: what the application sees (conversations, messages, pages, presence, typing)
+and the sync-health report.
+
+Every function takes a connection inside a read (or write) transaction of its caller, so
+a query made of several statements answers from one snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from syncengine.errors import NotFound, UsageError
+from syncengine.models import (
+    ConnectionState,
+    Conversation,
+    Message,
+    MessageState,
+    Presence,
+    PresenceStatus,
+    SyncHealth,
+    Typing,
+)
+
+__all__ = ["STREAM"]
+
+#: The one event stream whose position the ``cursors`` table keeps.
+STREAM = "events"
+
+_MESSAGE_COLUMNS = """
+    m.conversation_id, m.op_id, m.id, m.seq, m.sender,
+    CASE WHEN p.deleted = 1 THEN '' WHEN p.body IS NOT NULL THEN p.body ELSE m.body END,
+    m.state, m.created_at, p.edited_at, COALESCE(p.deleted, 0)
+"""
+_FROM_MESSAGES = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN message_patches p ON p.message_id = m.id "
+)
+# Built once: a history page is a hot read (the app scrolls).
+_NEWEST = _FROM_MESSAGES + (
+    "WHERE m.conversation_id = ? AND m.seq IS NOT NULL ORDER BY m.seq DESC LIMIT ?"
+)
+_ECHOES = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.local_id"
+_BEFORE = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
+_BY_OP = _FROM_MESSAGES + "WHERE m.sender = ? AND m.op_id = ?"
+
+# A dict lookup, not ``MessageState(value)``: an Enum call costs as much as the rest of a
+# row's conversion, and a history page converts 50 rows.
+_MESSAGE_STATES: dict[str, MessageState] = {s.value: s for s in MessageState}
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(
+        conversation_id=row[0],
+        op_id=row[1],
+        id=row[2],
+        seq=row[3],
+        sender=row[4],
+        body=row[5],
+        state=_MESSAGE_STATES.get(row[6]) or MessageState(row[6]),
+        created_at=row[7],
+        edited_at=row[8],
+        deleted=bool(row[9]),
+    )
+
+
+def get_meta(c: Any, key: str) -> str | None:
+    """A value of the ``meta`` table, or None."""
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def read_cursor(c: Any) -> int:
+    """The persisted stream position (0 before the first pull)."""
+    row = c.execute("SELECT pos FROM cursors WHERE stream = ?", (STREAM,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def conversations(c: Any, me: str) -> list[Conversation]:
+    """The conversations ``me`` is a member of (or created offline), newest activity first."""
+    rows = c.execute(
+        """
+        SELECT c.id, c.title, c.members, c.last_seq, c.read_seq, c.pending,
+          (SELECT COUNT(*) FROM messages m
+             LEFT JOIN message_patches p ON p.message_id = m.id
+            WHERE m.conversation_id = c.id AND m.seq > c.read_seq
+              AND m.sender != ? AND COALESCE(p.deleted, 0) = 0) AS unread
+        FROM conversations c
+        WHERE c.pending = 1 OR EXISTS (
+            SELECT 1 FROM members mb WHERE mb.conversation_id = c.id AND mb.user = ?)
+        ORDER BY c.last_seq DESC, c.created_at DESC, c.id
+        """,
+        (me, me),
+    ).fetchall()
+    return [
+        Conversation(
+            id=r[0],
+            title=r[1],
+            members=tuple(orjson.loads(r[2])),
+            last_seq=r[3],
+            read_seq=r[4],
+            pending=bool(r[5]),
+            unread=r[6],
+        )
+        for r in rows
+    ]
+
+
+def conversation(c: Any, me: str, conversation_id: str) -> Conversation:
+    """One of :func:`conversations`.
+
+    Raises:
+        NotFound: not in the store, or ``me`` is no longer a member.
+    """
+    for conv in conversations(c, me):
+        if conv.id == conversation_id:
+            return conv
+    raise NotFound(f"no conversation {conversation_id} in the store")
+
+
+def has_conversation(c: Any, conversation_id: str) -> bool:
+    """Whether the conversation is in the store at all (member or not)."""
+    row = c.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    return row is not None
+
+
+def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> list[Message]:
+    """A page of messages, oldest first (see ``Store.messages``).
+
+    Raises:
+        UsageError: ``limit`` is below 1.
+    """
+    _check_limit(limit)
+    if before is None:
+        rows = c.execute(_NEWEST, (conversation_id, limit)).fetchall()
+        echoes = c.execute(_ECHOES, (conversation_id,)).fetchall()
+    else:
+        rows = c.execute(_BEFORE, (conversation_id, before, limit)).fetchall()
+        echoes = []
+    return [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise UsageError("limit must be at least 1")
+
+
+def page(
+    c: Any, conversation_id: str, before: int | None, limit: int
+) -> tuple[list[Message], int | None, bool]:
+    """``(messages, lowest stored seq, history complete)`` from one snapshot.
+
+    Raises:
+        UsageError: ``limit`` is below 1.
+        NotFound: the conversation is not in the store.
+    """
+    _check_limit(limit)
+    if not has_conversation(c, conversation_id):
+        raise NotFound(f"no conversation {conversation_id} in the store")
+    found = messages(c, conversation_id, before, limit)
+    lowest = lowest_seq(c, conversation_id)
+    complete = get_meta(c, f"eoh:{conversation_id}") == "1"
+    return found, lowest, complete
+
+
+def message_by_op(c: Any, me: str, op_id: str) -> Message | None:
+    """``me``'s message created by send operation ``op_id`` (echo or server copy)."""
+    row = c.execute(_BY_OP, (me, op_id)).fetchone()
+    return _message(row) if row else None
+
+
+def message_count(c: Any, conversation_id: str | None) -> int:
+    """Messages stored, in one conversation or in all."""
+    if conversation_id is None:
+        return int(c.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    return int(
+        c.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()[0]
+    )
+
+
+def lowest_seq(c: Any, conversation_id: str) -> int | None:
+    """The smallest server seq stored for a conversation (None if none)."""
+    row = c.execute(
+        "SELECT MIN(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def typing(c: Any, conversation_id: str, me: str, now: float) -> list[Typing]:
+    """Who is typing in a conversation at ``now`` (expired rows hidden, ``me`` excluded)."""
+    rows = c.execute(
+        "SELECT user, expires_at FROM typing WHERE conversation_id = ? "
+        "AND expires_at > ? AND user != ? ORDER BY user",
+        (conversation_id, now, me),
+    ).fetchall()
+    return [Typing(user=u, conversation_id=conversation_id, expires_at=e) for u, e in rows]
+
+
+def _presence(row: Sequence[Any]) -> Presence:
+    return Presence(user=row[0], status=PresenceStatus(row[1]), last_seen=row[2])
+
+
+def presence_of(c: Any, user: str) -> Presence | None:
+    """A user's last known presence, or None if never seen."""
+    row = c.execute(
+        "SELECT user, status, last_seen FROM presence WHERE user = ?", (user,)
+    ).fetchone()
+    return _presence(row) if row else None
+
+
+def presence_all(c: Any) -> list[Presence]:
+    """Every known presence, by user name."""
+    rows = c.execute("SELECT user, status, last_seen FROM presence ORDER BY user").fetchall()
+    return [_presence(r) for r in rows]
+
+
+def quarantined(c: Any) -> list[dict[str, Any]]:
+    """Quarantined (poison) events, oldest first."""
+    rows = c.execute("SELECT pos, raw, error, at FROM quarantine ORDER BY id").fetchall()
+    return [{"pos": r[0], "raw": r[1], "error": r[2], "at": r[3]} for r in rows]
+
+
+def health(c: Any, now: float, open_gaps: int | None) -> SyncHealth:
+    """The sync-health report, derived from what the file holds.
+
+    Status derived from the store, never from a flag set optimistically, cannot say "synced"
+    while uploads are pending. Open gaps are known only to the syncing process (its sync
+    protocol detects them): it passes ``open_gaps``; any other reader gets 0.
+    """
+    counts = dict(c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+    oldest = c.execute(
+        "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
+    ).fetchone()[0]
+    meta = dict(
+        c.execute("SELECT key, value FROM meta WHERE key IN ('state', 'last_sync_at')").fetchall()
+    )
+    n_conv = c.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+    n_msg = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    return SyncHealth(
+        state=ConnectionState(meta.get("state") or ConnectionState.OFFLINE.value),
+        pending=counts.get("pending", 0),
+        sending=counts.get("sending", 0),
+        failed=counts.get("failed", 0),
+        oldest_pending_age_s=(now - oldest) if oldest is not None else None,
+        cursor=read_cursor(c),
+        last_sync_at=float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
+        open_gaps=open_gaps or 0,
+        conversations=n_conv,
+        messages=n_msg,
+    )
