@@ -23,7 +23,14 @@ from pathlib import Path
 import attrs
 import httpx
 
-__all__ = ["SYNAPSE_VERSION", "SynapseServer", "ensure_synapse", "start_synapse", "synapse_server"]
+__all__ = [
+    "SYNAPSE_VERSION",
+    "SynapseInstallError",
+    "SynapseServer",
+    "ensure_synapse",
+    "start_synapse",
+    "synapse_server",
+]
 
 SYNAPSE_VERSION = "1.163.2"
 _UNLIMITED = "{per_second: 10000, burst_count: 100000}"
@@ -63,9 +70,33 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "syncengine-tests"
 
 
+class SynapseInstallError(RuntimeError):
+    """pip could not install Synapse; ``offline`` when it could not reach the package index."""
+
+    def __init__(self, message: str, *, offline: bool) -> None:
+        super().__init__(message)
+        self.offline = offline
+
+
+#: What pip prints when the package index cannot be reached (no network, no proxy, no DNS).
+_OFFLINE_SIGNS = (
+    "NewConnectionError",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "ConnectTimeoutError",
+    "No matching distribution found",
+    "ProxyError",
+)
+
+
 def ensure_synapse() -> Path:
     """The python of a virtual environment with Synapse installed (installed on first use,
-    about 35 s; later calls reuse it)."""
+    about 35 s; later calls reuse it).
+
+    Raises:
+        SynapseInstallError: pip failed (``offline`` says whether for lack of network).
+    """
     venv = _cache_dir() / f"synapse-{SYNAPSE_VERSION}"
     python = venv / "bin" / "python"
     marker = venv / ".installed"
@@ -73,10 +104,15 @@ def ensure_synapse() -> Path:
         return python
     venv.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
-    subprocess.run(
+    done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", f"matrix-synapse=={SYNAPSE_VERSION}"],
-        check=True, timeout=900,
+        capture_output=True, text=True, timeout=900, check=False,
     )
+    if done.returncode != 0:
+        output = done.stdout + done.stderr
+        offline = any(sign in output for sign in _OFFLINE_SIGNS)
+        raise SynapseInstallError(f"pip install matrix-synapse failed:\n{output[-3000:]}",
+                                  offline=offline)
     marker.write_text(SYNAPSE_VERSION)
     return python
 
