@@ -160,7 +160,7 @@ def _omit_when_none(conv: cattrs.Converter) -> None:
     for cls in (*SERVER_EVENT_TYPES.values(), HistoryPageWire):
         names = {f.name for f in attrs.fields(cls)} & optional
         if names:
-            overrides = {name: override(omit_if_default=True) for name in names}
+            overrides: dict[str, Any] = {n: override(omit_if_default=True) for n in names}
             conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))
 
 

@@ -21,14 +21,23 @@ async def transport(url: str, name: str, device: str = "DEV1", **options: Any) -
 def create_op(members: list[str], title: str = "room") -> dict[str, Any]:
     """A ``create_conversation`` op for a new conversation id."""
     cid = str(uuid.uuid4())
-    return {"op_id": f"c-{cid}", "kind": "create_conversation", "conversation_id": cid,
-            "title": title, "members": members}
+    return {
+        "op_id": f"c-{cid}",
+        "kind": "create_conversation",
+        "conversation_id": cid,
+        "title": title,
+        "members": members,
+    }
 
 
 def send_op(cid: str, body: str, op_id: str | None = None) -> dict[str, Any]:
     """A ``send`` op."""
-    return {"op_id": op_id or f"s-{uuid.uuid4()}", "kind": "send", "conversation_id": cid,
-            "body": body}
+    return {
+        "op_id": op_id or f"s-{uuid.uuid4()}",
+        "kind": "send",
+        "conversation_id": cid,
+        "body": body,
+    }
 
 
 async def nio_join_all(client: AsyncClient) -> str:

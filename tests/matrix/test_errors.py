@@ -27,7 +27,9 @@ async def test_a_refused_password_is_auth_failed() -> None:
 
 
 async def test_an_unknown_token_is_auth_failed() -> None:
-    t = _answering(401, {"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token", "soft_logout": True})
+    t = _answering(
+        401, {"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token", "soft_logout": True}
+    )
     with pytest.raises(AuthFailed):
         await t.pull("s1_2", 10)
 

@@ -13,7 +13,6 @@ import pytest
 from syncengine.errors import AuthFailed, ServerUnavailable
 from syncengine.events import (
     Checkpoint,
-    ConversationUpdated,
     Gap,
     MessageDeleted,
     MessageReceived,
@@ -23,7 +22,6 @@ from syncengine.events import (
     TypingStopped,
     UserPresenceChanged,
 )
-from tests.matrix.conftest import PASSWORD
 from tests.matrix.helpers import (
     bodies_by_op,
     create_op,
@@ -94,7 +92,9 @@ async def test_catch_up_of_500_missed_messages_across_a_gappy_sync(
     since = page.next
     room_id = t_alice.reader.conv_rooms[create["conversation_id"]]
     for i in range(500):  # nio sends them: an independent client
-        resp = await nio.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"m{i}"})
+        resp = await nio.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": f"m{i}"}
+        )
         assert resp.event_id
     caught = await t_bob.pull(since, 100)
     bodies = [e.body for e in caught.events if isinstance(e, MessageReceived)]
@@ -135,47 +135,94 @@ async def test_edits_deletes_and_receipts_both_ways(synapse, new_user, nio_clien
     # ours → nio: send, edit (by target op id), delete, read receipt
     op = send_op(cid, "hello")
     [sent] = await t.push([op])
-    await t.push([
-        {"op_id": f"e-{uuid.uuid4()}", "kind": "edit", "conversation_id": cid,
-         "target_op_id": op["op_id"], "body": "hello, edited"},
-    ])
+    await t.push(
+        [
+            {
+                "op_id": f"e-{uuid.uuid4()}",
+                "kind": "edit",
+                "conversation_id": cid,
+                "target_op_id": op["op_id"],
+                "body": "hello, edited",
+            },
+        ]
+    )
     other = send_op(cid, "to delete")
     [doomed] = await t.push([other])
-    await t.push([{"op_id": f"d-{uuid.uuid4()}", "kind": "delete", "conversation_id": cid,
-                   "target_op_id": other["op_id"]}])
+    await t.push(
+        [
+            {
+                "op_id": f"d-{uuid.uuid4()}",
+                "kind": "delete",
+                "conversation_id": cid,
+                "target_op_id": other["op_id"],
+            }
+        ]
+    )
     seen = await nio_timeline(nio, room_id)
-    edits = [e for e in seen if (e["content"].get("m.relates_to") or {}).get("rel_type") == "m.replace"]
+    edits = [
+        e for e in seen if (e["content"].get("m.relates_to") or {}).get("rel_type") == "m.replace"
+    ]
     assert [e["content"]["m.new_content"]["body"] for e in edits] == ["hello, edited"]
     assert edits[0]["content"]["m.relates_to"]["event_id"] == sent.message_id
     redactions = [e for e in seen if e["type"] == "m.room.redaction"]
-    assert [r["content"].get("redacts", r.get("redacts")) for r in redactions] == [doomed.message_id]
+    assert [r["content"].get("redacts", r.get("redacts")) for r in redactions] == [
+        doomed.message_id
+    ]
     # nio → ours: a message, its edit, a foreign edit of ours (ignored), a redaction, a receipt
     theirs = await nio.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"})
-    await nio.room_send(room_id, "m.room.message", {
-        "msgtype": "m.text", "body": "* hi there", "m.new_content": {"msgtype": "m.text", "body": "hi there"},
-        "m.relates_to": {"rel_type": "m.replace", "event_id": theirs.event_id}})
-    await nio.room_send(room_id, "m.room.message", {
-        "msgtype": "m.text", "body": "* forged", "m.new_content": {"msgtype": "m.text", "body": "forged"},
-        "m.relates_to": {"rel_type": "m.replace", "event_id": sent.message_id}})
+    await nio.room_send(
+        room_id,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* hi there",
+            "m.new_content": {"msgtype": "m.text", "body": "hi there"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": theirs.event_id},
+        },
+    )
+    await nio.room_send(
+        room_id,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* forged",
+            "m.new_content": {"msgtype": "m.text", "body": "forged"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": sent.message_id},
+        },
+    )
     await nio.room_redact(room_id, theirs.event_id)
     await nio.update_receipt_marker(room_id, sent.message_id)
     events, since = await _settle(t, since)
-    received = [e for e in events if isinstance(e, MessageReceived) and e.event_id == theirs.event_id]
+    received = [
+        e for e in events if isinstance(e, MessageReceived) and e.event_id == theirs.event_id
+    ]
     assert len(received) == 1  # redacted before we synced: the server sends it emptied
     updates = [(e.message_id, e.body) for e in events if isinstance(e, MessageUpdated)]
     assert (theirs.event_id, "hi there") in updates
     assert all(body != "forged" for _, body in updates)  # the foreign edit is ignored
     deleted = [e.message_id for e in events if isinstance(e, MessageDeleted)]
     assert theirs.event_id in deleted
-    receipts = [e for e in events if isinstance(e, ReadReceipt) and e.user == f"@{bob}:{synapse.server_name}"]
+    receipts = [
+        e
+        for e in events
+        if isinstance(e, ReadReceipt) and e.user == f"@{bob}:{synapse.server_name}"
+    ]
     assert receipts and receipts[-1].read_event_id == sent.message_id
     # our receipt → nio sees m.receipt for alice
-    await t.push([{"op_id": f"r-{uuid.uuid4()}", "kind": "mark_read", "conversation_id": cid,
-                   "seq": 0, "event_id": theirs.event_id}])
+    await t.push(
+        [
+            {
+                "op_id": f"r-{uuid.uuid4()}",
+                "kind": "mark_read",
+                "conversation_id": cid,
+                "seq": 0,
+                "event_id": theirs.event_id,
+            }
+        ]
+    )
     resp = await nio.sync(timeout=0)
     receipts_seen = [
-        ev for ev in resp.rooms.join[room_id].ephemeral
-        if type(ev).__name__ == "ReceiptEvent"
+        ev for ev in resp.rooms.join[room_id].ephemeral if type(ev).__name__ == "ReceiptEvent"
     ]
     users = {r.user_id for ev in receipts_seen for r in ev.receipts}
     assert f"@{alice}:{synapse.server_name}" in users
@@ -196,6 +243,7 @@ async def test_typing_and_presence_both_ways_over_the_live_link(
     room_id = t.reader.conv_rooms[cid]
     link = await t.connect_live(since)
     try:
+
         async def next_of(kind, match=lambda e: True):
             async with asyncio.timeout(20):
                 while True:
@@ -220,7 +268,11 @@ async def test_typing_and_presence_both_ways_over_the_live_link(
         await link.send_typing(cid, True)
         await link.send_presence("away")
         resp = await nio.sync(timeout=0, since=nio_since)
-        typing = [ev for ev in resp.rooms.join[room_id].ephemeral if type(ev).__name__ == "TypingNoticeEvent"]
+        typing = [
+            ev
+            for ev in resp.rooms.join[room_id].ephemeral
+            if type(ev).__name__ == "TypingNoticeEvent"
+        ]
         assert typing and f"@{alice}:{synapse.server_name}" in typing[-1].users
         status = await nio.get_presence(f"@{alice}:{synapse.server_name}")
         assert status.presence == "unavailable"
@@ -237,8 +289,17 @@ async def test_conversations_history_and_non_members(synapse, new_user, nio_clie
     await t.push([create])
     ops = [send_op(cid, f"h{i}") for i in range(5)]
     await t.push(ops)
-    await t.push([{"op_id": f"e-{uuid.uuid4()}", "kind": "edit", "conversation_id": cid,
-                   "target_op_id": ops[1]["op_id"], "body": "h1 edited"}])
+    await t.push(
+        [
+            {
+                "op_id": f"e-{uuid.uuid4()}",
+                "kind": "edit",
+                "conversation_id": cid,
+                "target_op_id": ops[1]["op_id"],
+                "body": "h1 edited",
+            }
+        ]
+    )
     convs, head = await t.conversations()
     assert isinstance(head, str)
     [conv] = [c for c in convs if c["id"] == cid]

@@ -106,13 +106,17 @@ def ensure_synapse() -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", f"matrix-synapse=={SYNAPSE_VERSION}"],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     if done.returncode != 0:
         output = done.stdout + done.stderr
         offline = any(sign in output for sign in _OFFLINE_SIGNS)
-        raise SynapseInstallError(f"pip install matrix-synapse failed:\n{output[-3000:]}",
-                                  offline=offline)
+        raise SynapseInstallError(
+            f"pip install matrix-synapse failed:\n{output[-3000:]}", offline=offline
+        )
     marker.write_text(SYNAPSE_VERSION)
     return python
 
@@ -161,9 +165,18 @@ def _launch(python: Path, folder: Path) -> subprocess.Popen[bytes]:
     log = open(folder / "synapse.out", "ab")  # noqa: SIM115 - the child keeps it
     try:
         return subprocess.Popen(
-            [str(python), "-m", "synapse.app.homeserver",
-             "-c", str(folder / "homeserver.yaml"), "-c", str(folder / "overrides.yaml")],
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(python),
+                "-m",
+                "synapse.app.homeserver",
+                "-c",
+                str(folder / "homeserver.yaml"),
+                "-c",
+                str(folder / "overrides.yaml"),
+            ],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     finally:
         log.close()
@@ -188,16 +201,33 @@ def start_synapse(folder: Path, *, server_name: str = "localhost") -> SynapseSer
     python = ensure_synapse()
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [str(python), "-m", "synapse.app.homeserver", "--server-name", server_name,
-         "--config-path", str(folder / "homeserver.yaml"), "--data-directory", str(folder),
-         "--generate-config", "--report-stats=no"],
-        cwd=folder, check=True, capture_output=True, timeout=120,
+        [
+            str(python),
+            "-m",
+            "synapse.app.homeserver",
+            "--server-name",
+            server_name,
+            "--config-path",
+            str(folder / "homeserver.yaml"),
+            "--data-directory",
+            str(folder),
+            "--generate-config",
+            "--report-stats=no",
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     port = _free_port()
     (folder / "overrides.yaml").write_text(_OVERRIDES.replace("@PORT@", str(port)))
     server = SynapseServer(
-        url=f"http://127.0.0.1:{port}", server_name=server_name,
-        process=_launch(python, folder), python=python, folder=folder, port=port,
+        url=f"http://127.0.0.1:{port}",
+        server_name=server_name,
+        process=_launch(python, folder),
+        python=python,
+        folder=folder,
+        port=port,
     )
     _wait_ready(server)
     return server

@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from syncengine.errors import ServerUnavailable
 from syncengine.events import Checkpoint, ServerEvent
 
-if TYPE_CHECKING:
-    from syncengine.transport.matrix.transport import MatrixTransport
-
 __all__ = ["MatrixSyncLink"]
+
+
+class _Syncer(Protocol):
+    """What the link needs of the transport (:class:`MatrixTransport`)."""
+
+    live_timeout_ms: int
+
+    async def sync_once(self, since: Any, wait_ms: int = 0) -> tuple[list[Any], str, bool]: ...
+
+    async def send_typing(self, conversation_id: str, typing: bool) -> None: ...
+
+    async def send_presence(self, status: str) -> None: ...
+
 
 log = logging.getLogger("syncengine.matrix")
 
@@ -34,7 +44,7 @@ class MatrixSyncLink:
         head: the cursor the link started from (it streams everything after it).
     """
 
-    def __init__(self, transport: MatrixTransport, since: int | str | None) -> None:
+    def __init__(self, transport: _Syncer, since: int | str | None) -> None:
         self.head = since
         self._transport = transport
         self._cursor = since
@@ -46,7 +56,7 @@ class MatrixSyncLink:
         self._failed: BaseException | None = None
 
     @classmethod
-    def start(cls, transport: MatrixTransport, since: int | str | None) -> MatrixSyncLink:
+    def start(cls, transport: _Syncer, since: int | str | None) -> MatrixSyncLink:
         """Start the poll loop from ``since`` (None, 0 or "": from now, an initial sync)."""
         link = cls(transport, since)
         link._task = asyncio.get_running_loop().create_task(link._run(), name="matrix-sync")

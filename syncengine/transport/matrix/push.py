@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import syncengine.transport.matrix.convert as convert
 from syncengine.errors import Rejected
-from syncengine.transport.matrix import convert
 from syncengine.transport.matrix.http import CLIENT, MatrixHttp, is_code, segment
 from syncengine.transport.matrix.reader import SyncReader
 from syncengine.wire import OpResult
@@ -62,7 +62,9 @@ class OpPusher:
         """
         handler = self._kinds.get(str(op.get("kind")))
         if handler is None:
-            return _rejected(op, Rejected("invalid", f"unknown kind {op.get('kind')!r}", status=422))
+            return _rejected(
+                op, Rejected("invalid", f"unknown kind {op.get('kind')!r}", status=422)
+            )
         try:
             return await handler(op)
         except Rejected as exc:
@@ -80,7 +82,9 @@ class OpPusher:
         try:
             found = await self.http.request("GET", f"{CLIENT}/directory/room/{alias}")
         except Rejected as exc:
-            raise Rejected("not_found", f"no room for conversation {conversation_id}", status=404) from exc
+            raise Rejected(
+                "not_found", f"no room for conversation {conversation_id}", status=404
+            ) from exc
         room_id = str(found.get("room_id"))
         room = await self.reader.room(room_id)
         self.reader.conv_rooms[conversation_id] = room_id
@@ -151,7 +155,9 @@ class OpPusher:
 
     async def _create(self, op: dict[str, Any]) -> OpResult:
         cid = op["conversation_id"]
-        invite = sorted({self.user_id_of(m) for m in op.get("members") or []} - {self.reader.user_id})
+        invite = sorted(
+            {self.user_id_of(m) for m in op.get("members") or []} - {self.reader.user_id}
+        )
         body = {
             "preset": "private_chat",
             "name": op.get("title", ""),
@@ -181,7 +187,9 @@ class OpPusher:
         self.reader.rooms.pop(room_id, None)
         room = await self.reader.room(room_id)
         if room.creator != self.reader.user_id:
-            raise Rejected("conflict", f"conversation {cid} was created by someone else", status=409)
+            raise Rejected(
+                "conflict", f"conversation {cid} was created by someone else", status=409
+            )
         return room_id
 
 

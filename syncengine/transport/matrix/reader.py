@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
+import syncengine.transport.matrix.convert as convert
 from syncengine.errors import Rejected
 from syncengine.events import Gap, ServerEvent
-from syncengine.transport.matrix import convert
 from syncengine.transport.matrix.convert import RoomInfo
 from syncengine.transport.matrix.http import CLIENT, MatrixHttp, is_code, segment
 

@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import httpx
 
+import syncengine.transport.matrix.convert as convert
 from syncengine.errors import AuthFailed, TransportError, WireError
-from syncengine.transport.matrix import convert
 from syncengine.transport.matrix.http import CLIENT, MatrixHttp, segment
 from syncengine.transport.matrix.live import MatrixSyncLink
 from syncengine.transport.matrix.push import OpPusher, Unresolved
@@ -85,7 +85,10 @@ class MatrixTransport:
         self.live_timeout_ms = live_timeout_ms
         self.typing_timeout_ms = typing_timeout_ms
         self.reader = SyncReader(
-            self.http, timeline_limit=timeline_limit, gap_cap=gap_cap, typing_ttl_ms=typing_timeout_ms
+            self.http,
+            timeline_limit=timeline_limit,
+            gap_cap=gap_cap,
+            typing_ttl_ms=typing_timeout_ms,
         )
         self.pusher = OpPusher(self.http, self.reader, self.server_name)
         self._presence = "online"
@@ -171,7 +174,9 @@ class MatrixTransport:
         }
         if token is not None:
             params["since"] = token
-        resp = await self.http.request("GET", f"{CLIENT}/sync", params=params, wait_s=wait_ms / 1000)
+        resp = await self.http.request(
+            "GET", f"{CLIENT}/sync", params=params, wait_s=wait_ms / 1000
+        )
         return resp, token
 
     async def sync_once(self, since: Any, wait_ms: int = 0) -> tuple[list[Any], str, bool]:
@@ -248,7 +253,9 @@ class MatrixTransport:
             ago = answer.get("last_active_ago")
             if status is not None:
                 last = now_ms - ago if type(ago) is int else None
-                out.append(PresenceSnapshot(user=user, status=status, ts_ms=now_ms, last_seen_ms=last))
+                out.append(
+                    PresenceSnapshot(user=user, status=status, ts_ms=now_ms, last_seen_ms=last)
+                )
         return tuple(out)
 
     async def presence(self) -> list[dict[str, Any]]:
@@ -290,7 +297,7 @@ def _history_message(cid: str, event: Any) -> HistoryMessage | None:
         return None  # an edit: applied to its original through the bundled relation
     unsigned = event.get("unsigned") or {}
     content = event.get("content") or {}
-    body = content.get("body") if isinstance(content.get("body"), str) else ""
+    body: str = content["body"] if isinstance(content.get("body"), str) else ""
     edited_ms = None
     replace = (unsigned.get("m.relations") or {}).get("m.replace")
     if isinstance(replace, dict) and replace.get("sender") == event.get("sender"):
