@@ -1,0 +1,1 @@
+"""Services the tests start themselves (Synapse; more on other branches)."""
