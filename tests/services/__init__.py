@@ -1,0 +1,1 @@
+"""Services the tests start themselves (PostgreSQL, a reverse proxy), on loopback only."""
