@@ -536,6 +536,11 @@ class PostgresStorage(_Reads):
         """Every user name, sorted."""
         return [row[0] for row in self._all("SELECT name FROM users ORDER BY name")]
 
+    def notify(self, channel: str, payload: str) -> None:
+        """``NOTIFY channel, payload`` now (outside any write)."""
+        with self._lock:
+            self.conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
     def take_token(self, key: str, rate: float, burst: float) -> float:
         """Take one token from the shared bucket ``key`` (every node sees the same bucket).
 
