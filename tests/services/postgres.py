@@ -107,9 +107,17 @@ class PostgresServer:
                 self.process.wait(timeout=10)
 
 
-def start_postgres(base: Path, *, bin_dir: Path | None = None) -> PostgresServer:
+def start_postgres(
+    base: Path, *, bin_dir: Path | None = None, durable: bool = False
+) -> PostgresServer:
     """initdb into ``base`` and start the server on 127.0.0.1; raises RuntimeError if it
-    does not accept connections within 30 s."""
+    does not accept connections within 30 s.
+
+    Args:
+        durable: keep PostgreSQL's defaults (``fsync``, ``synchronous_commit``, full page
+            writes on), as a benchmark comparing it with SQLite's ``synchronous=FULL``
+            must; the tests leave it off (faster, and their data is thrown away).
+    """
     bin_dir = bin_dir or find_bin_dir()
     if bin_dir is None:
         raise RuntimeError("no PostgreSQL server binaries on this machine")
@@ -130,9 +138,9 @@ def start_postgres(base: Path, *, bin_dir: Path | None = None) -> PostgresServer
     log = open(base / "postgres.log", "ab")  # noqa: SIM115 - kept open for the server's life
     process = subprocess.Popen(
         [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-         "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-         "-c", "max_connections=200"],
+         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+         *([] if durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                               "-c", "full_page_writes=off"])],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=drop,
     )
     log.close()
