@@ -34,6 +34,7 @@ SCRIPTS = (
     "bench_history.py",
     "bench_memory.py",
     "bench_server.py",
+    "bench_scaleout.py",
 )
 TIMEOUT_S = 120.0
 SMOKE_TIMEOUT_S = 30.0

@@ -18,7 +18,7 @@ import uvicorn
 from syncengine.server.app import create_app
 from syncengine.server.config import FaultConfig, ServerConfig
 from syncengine.server.service import ServerService as ServerCore
-from syncengine.server.storage import ServerStorage, Storage
+from syncengine.server.storage import ServerStorage, open_storage
 
 __all__ = ["ServerHandle"]
 
@@ -124,7 +124,7 @@ class ServerHandle:
         if self._core is not None:
             return self._core.storage
         if self._offline_state is None:
-            self._offline_state = Storage(self.config.db_path, retention=self.config.retention)
+            self._offline_state = open_storage(self.config)
         return self._offline_state
 
     @property

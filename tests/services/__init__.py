@@ -1,1 +1,1 @@
-"""Services the tests start themselves (Synapse; more on other branches)."""
+"""Services the tests start themselves on loopback (Synapse, PostgreSQL, a reverse proxy), each stopped by its pid."""
