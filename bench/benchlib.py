@@ -673,11 +673,12 @@ def run_process(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | Non
 
 
 def run_raw_pull(
-    url: str, db: Path, since: int, page: int, *, timeout: float = 60.0
+    url: str, db: Path, since: int, page: int, *, timeout: float = 60.0, synchronous: str = "FULL"
 ) -> tuple[Run, dict[str, Any]]:
     """The raw loop (``rawpull.py``) as a process: the run and its own JSON report."""
     run = run_process(
-        [sys.executable, str(RAW_PULL), url, str(db), str(since), str(page)], timeout=timeout
+        [sys.executable, str(RAW_PULL), url, str(db), str(since), str(page), synchronous],
+        timeout=timeout,
     )
     if run.status != 0:
         raise RuntimeError(f"rawpull.py exited {run.status}: {run.err.strip()[-2000:]}")

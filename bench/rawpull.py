@@ -1,12 +1,13 @@
 """The raw catch-up loop, run as its own process (the baseline of ``bench_cli_catchup.py``).
 
-    python bench/rawpull.py URL DB SINCE PAGE
+    python bench/rawpull.py URL DB SINCE PAGE [SYNCHRONOUS]
 
 Pulls ``GET /v1/events?since=&limit=PAGE`` with httpx until ``has_more`` is false, decodes
 each page with orjson and inserts its ``message_received`` rows with ``INSERT ... ON CONFLICT
 DO NOTHING`` (plus the cursor), one ``BEGIN IMMEDIATE`` transaction per page, into ``DB``: a
 store with the engine's real schema, opened as the store opens it (WAL, ``synchronous=FULL``).
-The bearer token is read from ``DB.token``, as the CLI reads it.
+The bearer token is read from ``DB.token``, as the CLI reads it. ``SYNCHRONOUS`` (default
+``FULL``, the store's) may be ``NORMAL``, to see what the fsync of each commit costs.
 
 Nothing is overlapped and nothing is checked beyond what the insert needs: this is the floor
 a user's catch-up could reach in Python with these libraries. It imports nothing from
@@ -38,13 +39,13 @@ CURSOR = (
 )
 
 
-def main(url: str, db: str, since: int, page: int) -> None:
+def main(url: str, db: str, since: int, page: int, synchronous: str = "FULL") -> None:
     with open(f"{db}.token", "rb") as f:
         token = orjson.loads(f.read())["token"]
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
     events = pages = throttled = 0
     first_429_s = first_429_events = None
@@ -108,6 +109,6 @@ def main(url: str, db: str, since: int, page: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
-        raise SystemExit("usage: rawpull.py URL DB SINCE PAGE")
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in ([], ["FULL"], ["NORMAL"]):
+        raise SystemExit("usage: rawpull.py URL DB SINCE PAGE [FULL|NORMAL]")
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])
