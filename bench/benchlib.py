@@ -673,11 +673,12 @@ def run_process(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | Non
 
 
 def run_raw_pull(
-    url: str, db: Path, since: int, page: int, *, timeout: float = 60.0, synchronous: str = "FULL"
+    url: str, db: Path, since: int, page: int, *, timeout: float = 60.0, mode: str = "FULL"
 ) -> tuple[Run, dict[str, Any]]:
-    """The raw loop (``rawpull.py``) as a process: the run and its own JSON report."""
+    """The raw loop (``rawpull.py``) as a process: the run and its own JSON report. ``mode``:
+    the store's ``synchronous`` (``FULL``, ``NORMAL``) or ``PULL`` (nothing written)."""
     run = run_process(
-        [sys.executable, str(RAW_PULL), url, str(db), str(since), str(page), synchronous],
+        [sys.executable, str(RAW_PULL), url, str(db), str(since), str(page), mode],
         timeout=timeout,
     )
     if run.status != 0:

@@ -357,7 +357,7 @@ def section_probe(sc: Scenario) -> None:
         f"in-process loop {raw_doc['seconds']:.2f} s, start-up + imports "
         f"{raw.seconds - raw_doc['seconds']:.2f} s"
     )
-    normal, normal_doc = bl.run_raw_pull(sc.url, sc.copy(), sc.held, PAGE, synchronous="NORMAL")
+    normal, normal_doc = bl.run_raw_pull(sc.url, sc.copy(), sc.held, PAGE, mode="NORMAL")
     out(
         f"raw loop with synchronous=NORMAL (no fsync per commit; the store uses FULL): "
         f"{normal.seconds:.2f} s wall, {normal.cpu:.2f} s CPU; "

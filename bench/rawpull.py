@@ -1,13 +1,15 @@
 """The raw catch-up loop, run as its own process (the baseline of ``bench_cli_catchup.py``).
 
-    python bench/rawpull.py URL DB SINCE PAGE [SYNCHRONOUS]
+    python bench/rawpull.py URL DB SINCE PAGE [FULL|NORMAL|PULL]
 
 Pulls ``GET /v1/events?since=&limit=PAGE`` with httpx until ``has_more`` is false, decodes
 each page with orjson and inserts its ``message_received`` rows with ``INSERT ... ON CONFLICT
 DO NOTHING`` (plus the cursor), one ``BEGIN IMMEDIATE`` transaction per page, into ``DB``: a
 store with the engine's real schema, opened as the store opens it (WAL, ``synchronous=FULL``).
-The bearer token is read from ``DB.token``, as the CLI reads it. ``SYNCHRONOUS`` (default
-``FULL``, the store's) may be ``NORMAL``, to see what the fsync of each commit costs.
+The bearer token is read from ``DB.token``, as the CLI reads it. The last argument is the
+store's ``synchronous`` setting (default ``FULL``, the store's; ``NORMAL`` shows what the fsync
+of each commit costs), or ``PULL``: pull and decode only, nothing written (the fastest a client
+can ask for pages: what a server-side limit meets).
 
 Nothing is overlapped and nothing is checked beyond what the insert needs: this is the floor
 a user's catch-up could reach in Python with these libraries. It imports nothing from
@@ -39,13 +41,13 @@ CURSOR = (
 )
 
 
-def main(url: str, db: str, since: int, page: int, synchronous: str = "FULL") -> None:
+def main(url: str, db: str, since: int, page: int, mode: str = "FULL") -> None:
     with open(f"{db}.token", "rb") as f:
         token = orjson.loads(f.read())["token"]
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if mode == 'PULL' else mode}")
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
     events = pages = throttled = 0
     first_429_s = first_429_events = None
@@ -66,6 +68,13 @@ def main(url: str, db: str, since: int, page: int, synchronous: str = "FULL") ->
                 continue
             resp.raise_for_status()
             body = orjson.loads(resp.content)
+            if mode == "PULL":
+                events += len(body["events"])
+                pages += 1
+                since = body["next"]
+                if not body["has_more"]:
+                    break
+                continue
             rows = [
                 (
                     e["conversation_id"],
@@ -109,6 +118,6 @@ def main(url: str, db: str, since: int, page: int, synchronous: str = "FULL") ->
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in ([], ["FULL"], ["NORMAL"]):
-        raise SystemExit("usage: rawpull.py URL DB SINCE PAGE [FULL|NORMAL]")
+    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in ([], ["FULL"], ["NORMAL"], ["PULL"]):
+        raise SystemExit("usage: rawpull.py URL DB SINCE PAGE [FULL|NORMAL|PULL]")
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])
