@@ -10,6 +10,10 @@ time of the loop thread), ``RestTransport._request`` and ``pull`` (in-flight int
 ``SyncEngine._emit_new`` and ``SyncEngine._catch_up``. Marks: interpreter ready, ``syncengine
 .cli`` imported, first request, first pull, catch-up end, exit. Writes them to OUT.json at exit.
 The wrappers cost about 1 µs per call; the loop's ``select`` runs a few times per page.
+
+Experiments, by environment variable: ``PROBE_APPLY_ON_LOOP=1`` (apply every page on the loop
+thread), ``PROBE_NO_TICKER=1`` (no progress ticker), ``PROBE_SWITCH_INTERVAL=S`` (the GIL's
+switch interval).
 """
 
 from __future__ import annotations
@@ -239,6 +243,18 @@ _span(daemon_mod.StoreLock, "acquire", "StoreLock.acquire")
 _span(daemon_mod.Daemon, "_check_store", "Daemon._check_store")
 _span(daemon_mod.Daemon, "_start_scheduler", "Daemon._start_scheduler")
 _span(cli, "_server_head", "cli._server_head")
+
+# Experiments (this process only), for the profile's "variants" section:
+if os.environ.get("PROBE_APPLY_ON_LOOP"):  # every page applied on the loop thread
+    engine_mod._THREAD_APPLY_MIN = 10**9
+if os.environ.get("PROBE_NO_TICKER"):  # no progress ticker (no store reads from the loop)
+
+    async def _no_tick(engine: Any, on_progress: Any) -> None:
+        return None
+
+    cli._tick = _no_tick  # type: ignore[assignment]
+if os.environ.get("PROBE_SWITCH_INTERVAL"):  # the GIL's switch interval (default 5 ms)
+    sys.setswitchinterval(float(os.environ["PROBE_SWITCH_INTERVAL"]))
 
 if __name__ == "__main__":
     sys.argv = ["syncengine", *sys.argv[2:]]

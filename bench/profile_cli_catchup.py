@@ -44,7 +44,7 @@ import benchlib as bl
 PAGE = 500
 N = 100_000
 HELD = 100_000
-SECTIONS = ("startup", "probe", "pyspy", "objects", "indexes", "history")
+SECTIONS = ("startup", "probe", "variants", "pyspy", "objects", "indexes", "history")
 INDEXES = ("messages_conv_seq", "messages_id", "messages_sender_op")
 
 report: dict[str, Any] = {}
@@ -307,12 +307,12 @@ def _subtract(
     return result
 
 
-def _probe(sc: Scenario, command: str) -> dict[str, Any]:
+def _probe(sc: Scenario, command: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     db = sc.copy()
     out_path = sc.tmp / f"probe-{command}.json"
     probe = [sys.executable, str(bl.HERE / "cli_probe.py"), str(out_path), "--db", str(db)]
     if command == "sync":
-        env = {"SPAWN_MONOTONIC": repr(time.monotonic())}
+        env = {"SPAWN_MONOTONIC": repr(time.monotonic()), **(extra_env or {})}
         run = _spawn([*probe, "sync"], env=env)
         assert run.status == 0, run.err[-2000:]
         parent_s = run.seconds
@@ -347,6 +347,47 @@ def _probe(sc: Scenario, command: str) -> dict[str, Any]:
         res["teardown_s"] = None
         res["after_catch_up"] = {}
     return res
+
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "as shipped": {},
+    "no progress ticker": {"PROBE_NO_TICKER": "1"},
+    "apply on the loop thread": {"PROBE_APPLY_ON_LOOP": "1"},
+    "GIL switch interval 1 ms": {"PROBE_SWITCH_INTERVAL": "0.001"},
+}
+
+
+def section_variants(sc: Scenario, rounds: int = 2) -> None:
+    """`syncengine sync` under the probe with one thing changed, in turn, same session."""
+    out("## variants of `syncengine sync` (probe; rounds in alternating order)")
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    raws: list[float] = []
+    for r in range(rounds):
+        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+        raws.append(bl.run_raw_pull(sc.url, sc.copy(), sc.held, PAGE)[0].seconds)
+        for name in order:
+            got[name].append(_probe(sc, "sync", VARIANTS[name]))
+    raw = statistics.mean(raws)
+    out(f"raw loop process, mean of {rounds}: {raw:.2f} s")
+    doc: dict[str, Any] = {"raw_s": raws}
+    for name, runs in got.items():
+        proc = statistics.mean(x["process_s"] for x in runs)
+        window = statistics.mean(x["catch_up_s"] for x in runs)
+        idle = statistics.mean(x["loop_idle_share"] for x in runs)
+        gaps = statistics.mean(x["apply_gaps_total_s"] for x in runs)
+        cpu = statistics.mean(x["cpu_s"] for x in runs)
+        doc[name] = {
+            "process_s": proc,
+            "catch_up_s": window,
+            "idle": idle,
+            "gaps_s": gaps,
+            "cpu_s": cpu,
+        }
+        out(
+            f"  {name:28s} process {proc:.2f} s (ratio {raw / proc:.2f}), catch-up "
+            f"{window:.2f} s, loop idle {idle:.0%}, apply gaps {gaps:.2f} s, CPU {cpu:.2f} s"
+        )
+    report["variants"] = doc
 
 
 def section_probe(sc: Scenario) -> None:
@@ -860,7 +901,7 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f}"
     )
     started = time.perf_counter()
-    need_scenario = any(s in sections for s in ("startup", "probe", "pyspy", "objects", "indexes"))
+    need_scenario = any(s != "history" for s in sections)
     with bl.workdir() as tmp:
         sc = Scenario(tmp, args.events, HELD) if need_scenario else None
         try:
