@@ -1,7 +1,7 @@
 """Where the time of a catch-up goes when users run it (issue 17): the numbers behind the
 section "Catch-up as users run it" of docs/performance.md.
 
-    .venv/bin/python bench/profile_cli_catchup.py            # every section, ~2-3 minutes
+    .venv/bin/python bench/profile_cli_catchup.py            # every section, ~5 minutes
     .venv/bin/python bench/profile_cli_catchup.py startup probe --json out.json
 
 Not a benchmark (no BENCH line, not run by ``run_all.py``): a measuring tool. Sections:
@@ -12,6 +12,8 @@ Not a benchmark (no BENCH line, not run by ``run_all.py``): a measuring tool. Se
   around the loop's ``select``, the requests, decoding, the apply, the progress ticker's
   store reads): the process's phases, and inside the catch-up the loop thread's idle share,
   split into waiting for the apply thread and waiting for the server.
+- ``variants``: ``syncengine sync`` under the probe with one thing changed (no progress
+  ticker, every apply on the loop thread, a 1 ms GIL switch interval), in alternating rounds.
 - ``pyspy``: ``py-spy record --idle --threads`` of ``syncengine sync`` (only if py-spy is
   installed: ``pip install py-spy``), samples grouped by thread and by what they were in.
 - ``objects``: per-event costs of decoding one real 500-event page (orjson alone, the
