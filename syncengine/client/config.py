@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from syncengine.core.schedule import SyncSettings
+
 if TYPE_CHECKING:
     from syncengine.transport.base import Transport
 
@@ -38,3 +40,14 @@ class EngineConfig:
     live_url: str | None = None
     request_timeout_s: float = 10.0
     transport_factory: Callable[[str], Transport] | None = None
+
+    def sync_settings(self) -> SyncSettings:
+        """The sync protocol's settings (the live-retry wait follows the poll interval)."""
+        return SyncSettings(
+            push_batch=self.push_batch,
+            page_limit=self.page_size,
+            poll_interval_s=self.poll_interval_s,
+            safety_pull_s=self.safety_pull_s,
+            backoff_base_s=self.backoff_base_s,
+            backoff_cap_s=self.backoff_cap_s,
+        )

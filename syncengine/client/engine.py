@@ -418,7 +418,9 @@ class SyncEngine:
         session.require_transport()
         pushed = await session.exchange.push_all()
         pulled = await session.exchange.catch_up()
-        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=session.core.cursor)
+        # events.py types the cursor as protocol v1's int; an opaque token passes through as is.
+        cursor = session.core.cursor
+        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)  # type: ignore[arg-type]
         self._bus.emit(done)
         return done
 

@@ -31,9 +31,11 @@ import stamina
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
-from syncengine.client.exchange import Exchange
+from syncengine.client.exchange import Exchange, known_seqs
+from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
-from syncengine.core.sync import SyncCore
+from syncengine.core.requests import CatchUp, ConnectLive, PresenceSnapshot
+from syncengine.core.sync import SyncProtocol
 from syncengine.core.typing import TypingThrottle
 from syncengine.errors import (
     AuthFailed,
@@ -71,7 +73,7 @@ class Session:
         self.db_path = db_path
         self.config = config
         self.bus = bus
-        self.core = SyncCore(push_batch=config.push_batch, page_limit=config.page_size)
+        self.core = SyncProtocol(settings=config.sync_settings())
         self.throttle = TypingThrottle()
         self.store: Store | None = None
         self.transport: Transport | None = None
@@ -80,7 +82,6 @@ class Session:
         self.presence_status: str | None = None
         self.last_error: str | None = None
         self.bad_frames = 0
-        self.pull_requested = False
         self.policy = RetryPolicy(
             base=config.backoff_base_s, cap=config.backoff_cap_s, on_backoff=self._on_backoff
         )
@@ -94,8 +95,7 @@ class Session:
     def attach_store(self, store: Store) -> Store:
         """Take the freshly opened store: the core starts from its cursor and seqs."""
         self.store = store
-        self.core.cursor = store.cursor()
-        self.core.known_seq = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+        self.core.restore(store.cursor(), known_seqs(store))
         if self.config.connect:
             # Only a syncing engine records the state that `syncengine status` shows; a
             # one-shot engine (the CLI) must not overwrite the daemon's.
@@ -158,6 +158,8 @@ class Session:
                 heartbeat_timeout_s=cfg.heartbeat_timeout_s,
             )
         self.transport = transport
+        # A transport says what its positions mean; protocol v1's are the default.
+        self.core.receive_capabilities(getattr(transport, "capabilities", V1))
         return transport
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -240,13 +242,8 @@ class Session:
         transport = self.require_transport()
         self.set_state(ConnectionState.CONNECTING)
         self.core.connection_lost()
-        # The persisted cursor is the truth: the in-memory one follows live events before
-        # their batch commits, so after a failed commit (disk full, store locked) it is ahead
-        # of the store, and pulling from it would skip those events for good (G3: events and
-        # cursor are committed together, never the cursor first).
         store = self.require_store()
-        self.core.cursor = store.cursor()
-        self.core.known_seq = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+        self.core.restore(store.cursor(), known_seqs(store))
         link: LiveLink | None = None
         if self.config.use_live:
             try:
@@ -268,6 +265,7 @@ class Session:
             await self._refresh_presence(transport)
             self.set_state(ConnectionState.LIVE, self.mode)
             self.policy.reset()
+            self.core.reached_live(asyncio.get_running_loop().time())
             await self._live_loop(transport, queue, tasks)
         except (StoreFull, StoreLocked) as exc:
             # The store refused a write: nothing was committed (cursor unchanged). Treat as
@@ -328,47 +326,51 @@ class Session:
         queue: _LiveBuffer,
         tasks: list[asyncio.Task[Any]],
     ) -> None:
+        """LIVE: push due work, and perform what the protocol says is due, until the link or
+        the server fails."""
         loop = asyncio.get_running_loop()
-        cfg = self.config
-        interval = cfg.safety_pull_s if self.link is not None else cfg.poll_interval_s
-        next_pull = loop.time() + interval
-        next_live_try = loop.time() + max(cfg.poll_interval_s * 6, 30.0)
-        pull_blocked_until = 0.0
+        core = self.core
         while True:
-            timeout = min(0.25, max(0.0, next_pull - loop.time()))
-            await self._wait(tasks, timeout)
-            store = self.require_store()
-            if store.due_count(time.time()):
+            now = loop.time()
+            await self._wait(tasks, core.next_wakeup(now) - now)
+            if self.require_store().due_count(time.time()):
                 await self.exchange.push_all()
-            urgent = self.core.gaps or self.pull_requested
-            if (urgent and loop.time() >= pull_blocked_until) or loop.time() >= next_pull:
-                self.pull_requested = False
-                try:
-                    await self.exchange.catch_up()
-                    next_pull = loop.time() + interval
-                except TransportError as exc:
-                    if self.link is None:
-                        raise  # polling: REST is the only channel, so the session is down
-                    # The live link is up: retry the pull on a timer instead of tearing it down.
-                    next_pull = pull_blocked_until = loop.time() + self.exchange.op_delay(exc)
-                    log.info("pull failed while live, retrying: %s", exc)
-            if self.exchange.presence_stale:
-                self.exchange.presence_stale = False
-                await self._refresh_presence(transport)
+            for request in core.tick(loop.time(), want_live=self.config.use_live):
+                if isinstance(request, CatchUp):
+                    await self._timed_catch_up()
+                elif isinstance(request, PresenceSnapshot):
+                    await self._refresh_presence(transport)
+                elif isinstance(request, ConnectLive):
+                    await self._reconnect_live(transport, queue, tasks)
             for cid, frame in self.throttle.tick(time.monotonic()):
                 await self.send_typing(cid, frame)
-            if self.link is None and cfg.use_live and loop.time() >= next_live_try:
-                next_live_try = loop.time() + max(cfg.poll_interval_s * 6, 30.0)
-                try:
-                    link = await transport.connect_live()
-                except (LiveUnavailable, TransportError) as exc:
-                    log.info("live channel still unavailable: %s", exc)
-                else:
-                    self._attach_link(link, queue, tasks)
-                    interval = cfg.safety_pull_s
-                    await self.exchange.catch_up()  # cover events between the last poll and head
-                    self.set_state(ConnectionState.SYNCING, "live channel back")
-                    self.set_state(ConnectionState.LIVE, "live")
+
+    async def _timed_catch_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self.exchange.catch_up()
+        except TransportError as exc:
+            if self.link is None:
+                raise  # polling: REST is the only channel, so the session is down
+            # The live link is up: retry the pull on a timer instead of tearing it down.
+            self.core.receive_pull_failed(exc, loop.time())
+            log.info("pull failed while live, retrying: %s", exc)
+        else:
+            self.core.receive_pull_done(loop.time())
+
+    async def _reconnect_live(
+        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        try:
+            link = await transport.connect_live()
+        except (LiveUnavailable, TransportError) as exc:
+            log.info("live channel still unavailable: %s", exc)
+            return
+        self._attach_link(link, queue, tasks)
+        self.core.live_attached()
+        await self.exchange.catch_up()  # cover events between the last poll and head
+        self.set_state(ConnectionState.SYNCING, "live channel back")
+        self.set_state(ConnectionState.LIVE, "live")
 
     async def _wait(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         """Sleep until woken, a live task ends (its error is raised) or ``timeout``."""
@@ -393,7 +395,7 @@ class Session:
                 # durable event it may have carried.
                 self.bad_frames += 1
                 store.quarantine("<live frame>", str(exc))
-                self.pull_requested = True
+                self.core.receive_bad_frame()
                 self.kick()
                 continue
             if event is not None:
@@ -406,13 +408,7 @@ class Session:
         while True:
             batch = await queue.take(_LIVE_BATCH)
             durable = [ev for ev in batch if isinstance(ev, DurableEvent)]
-            cursor: int | None = None
-            gap = False
-            for ev in durable:
-                decision = self.core.receive_live(ev)
-                if decision.cursor is not None:
-                    cursor = decision.cursor
-                gap = gap or decision.gap
+            cursor, gap = self.core.receive_live_batch(durable)
             if durable:
                 await self.exchange.apply_events(durable, cursor=cursor)
                 if cursor is not None:
