@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -19,12 +20,13 @@ from syncengine.core.requests import (
     PresenceSnapshot,
 )
 from syncengine.core.schedule import OUTBOX_POLL_S, SyncSettings, default_live_retry_s
-from syncengine.core.sync import CONNECTION_TRANSITIONS, SyncProtocol
+from syncengine.core.sync import CONNECTION_TRANSITIONS, IllegalTransition, SyncProtocol
 from syncengine.errors import (
     AuthFailed,
     RateLimited,
     Rejected,
     ServerUnavailable,
+    UsageError,
 )
 from syncengine.events import (
     ConversationUpdated,
@@ -76,6 +78,27 @@ def live_protocol(**kw: object) -> SyncProtocol:
 
 
 # --- connection transitions: every move outside the table raises ---------------------------
+
+FORBIDDEN = [
+    (old, new)
+    for old, new in itertools.product(CS, CS)
+    if old is not new and (old, new) not in CONNECTION_TRANSITIONS
+]
+
+
+@pytest.mark.parametrize(("old", "new"), FORBIDDEN, ids=lambda s: s.name)
+def test_a_forbidden_connection_transition_raises(old: CS, new: CS) -> None:
+    p = SyncProtocol()
+    p.state = old
+    with pytest.raises(IllegalTransition) as info:
+        p.transition(new, "asked for")
+    assert (info.value.old, info.value.new) == (old, new)
+    assert p.state is old  # refused, not forced
+
+
+def test_illegal_transition_is_a_usage_error_and_the_table_is_not_empty() -> None:
+    assert issubclass(IllegalTransition, UsageError)
+    assert len(FORBIDDEN) == len(CS) * (len(CS) - 1) - len(CONNECTION_TRANSITIONS) > 0
 
 
 @pytest.mark.parametrize(("old", "new"), list(CONNECTION_TRANSITIONS), ids=lambda s: s.name)

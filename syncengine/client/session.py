@@ -179,13 +179,7 @@ class Session:
 
     def set_state(self, new: ConnectionState, reason: str = "") -> None:
         """Move the connection state, record it (syncing engines only) and emit the change."""
-        try:
-            change = self.core.transition(new, reason)
-        except UsageError:
-            # An edge outside the table (e.g. BACKOFF reported while already OFFLINE on
-            # close): the table is the truth, so the move is refused, not forced.
-            log.debug("ignored connection transition to %s", new.value)
-            return
+        change = self.core.transition(new, reason)  # IllegalTransition: a bug here
         if change is None:
             return
         log.info("connection %s -> %s (%s)", change.old.value, change.new.value, change.reason)
@@ -239,8 +233,10 @@ class Session:
             self.set_state(ConnectionState.FAILED, self.last_error)
 
     async def _session(self) -> None:
-        transport = self.require_transport()
+        # CONNECTING first: a token found missing here is "credentials refused", and the
+        # table reaches FAILED from CONNECTING, not from OFFLINE.
         self.set_state(ConnectionState.CONNECTING)
+        transport = self.require_transport()
         self.core.connection_lost()
         store = self.require_store()
         self.core.restore(store.cursor(), known_seqs(store))
