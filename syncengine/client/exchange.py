@@ -54,7 +54,7 @@ def known_seqs(store: Store) -> dict[str, int]:
     return {c.id: c.last_seq for c in store.conversations() if c.last_seq}
 
 
-class Session(Protocol):
+class SessionView(Protocol):
     """What an :class:`Exchange` needs of its session (it is not imported: no cycle)."""
 
     config: EngineConfig
@@ -68,9 +68,9 @@ class Session(Protocol):
 
 
 class Exchange:
-    """Pushes the outbox, pulls pages and resyncs for a :class:`Session`."""
+    """Pushes the outbox, pulls pages and resyncs for a session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self.session = session
         self._push_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
