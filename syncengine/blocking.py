@@ -1,6 +1,6 @@
 """A thread-backed wrapper for applications that are not async.
 
-:class:`BlockingEngine` runs a :class:`~syncengine.engine.SyncEngine` on an event loop in a
+:class:`BlockingEngine` runs a :class:`~syncengine.client.engine.SyncEngine` on an event loop in a
 background thread and offers the same API as plain methods. Callbacks registered with
 :meth:`BlockingEngine.on` run on that background thread: keep them short, or hand the event
 to your own thread (e.g. with ``queue.Queue``).
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
-from syncengine.engine import SyncEngine
+from syncengine.client.engine import SyncEngine
 from syncengine.events import Event, SyncCompleted
 from syncengine.models import (
     ConnectionState,
