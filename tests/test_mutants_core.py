@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from syncengine.core.policy import Disposition, classify_status, error_for_status
+from syncengine.core.policy import Disposition, classify_status, error_for_status, status_rule
 from syncengine.core.push import MarkRetry
 from syncengine.core.requests import CatchUp
 from syncengine.core.resync import Resync
@@ -336,3 +336,20 @@ def test_a_push_round_is_live_only_with_the_live_link_up() -> None:
     p = protocol_in(CS.LIVE, live_link=False)
     step = p.push_round([item("a")]).receive_error(ServerUnavailable("down"), NOW)
     assert step.reraise
+
+
+@pytest.mark.parametrize(
+    ("status", "disposition", "error"),
+    [
+        (499, Disposition.FAIL_OP, Rejected),
+        (501, Disposition.RETRY, ServerUnavailable),
+        (599, Disposition.RETRY, ServerUnavailable),
+        (600, Disposition.RETRY, Rejected),  # not a 5xx: an unexpected answer, not a verdict
+        (302, Disposition.RETRY, Rejected),
+    ],
+)
+def test_a_status_outside_the_table_falls_back_to_the_rule_of_its_class(
+    status: int, disposition: Disposition, error: type[Exception]
+) -> None:
+    rule = status_rule(status)
+    assert (rule.disposition, rule.error) == (disposition, error)
