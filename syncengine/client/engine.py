@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
+from syncengine.client.matrix_glue import account_user, same_account
 from syncengine.client.session import Session
 from syncengine.errors import NotFound, SyncEngineError, UsageError
 from syncengine.events import (
@@ -210,7 +211,7 @@ class SyncEngine:
         store = self.store
         old_user = store.get_meta("user")
         old_server = store.get_meta("server")
-        if old_user and (old_user != user or (old_server and old_server != server)):
+        if not same_account(old_user, user) or (old_user and old_server and old_server != server):
             raise UsageError(
                 f"{self.db_path} belongs to {old_user} on {old_server}; use another store "
                 f"for {user} on {server}"
@@ -219,7 +220,9 @@ class SyncEngine:
         await self._session.stop()
         transport = self._session.make_transport(server)
         token = await transport.login(user, password, device)
-        store.set_account(server=server.rstrip("/"), user=user, device=device)
+        store.set_account(
+            server=server.rstrip("/"), user=account_user(transport, user), device=device
+        )
         save_token(self.db_path, token)
         transport.set_token(token)
         if self.state is ConnectionState.FAILED:
