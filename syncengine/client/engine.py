@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
-from syncengine.client.matrix_glue import account_user, same_account
+from syncengine.client.matrix_glue import account_user, push_then_pull, same_account
 from syncengine.client.session import Session
 from syncengine.errors import NotFound, SyncEngineError, UsageError
 from syncengine.events import (
@@ -426,8 +426,7 @@ class SyncEngine:
         """
         session = self._session
         session.require_transport()
-        pushed = await session.exchange.push_all()
-        pulled = await session.exchange.catch_up()
+        pushed, pulled = await push_then_pull(session)  # Matrix: pulls first, then again
         # events.py types the cursor as protocol v1's int; an opaque token passes through as is.
         cursor = session.core.cursor
         done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)  # type: ignore[arg-type]

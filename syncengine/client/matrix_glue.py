@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from syncengine.core.unordered import op_targets, split_live_batch, with_targets
+from syncengine.core.unordered import (
+    op_targets,
+    split_live_batch,
+    sync_before_push,
+    with_targets,
+)
 from syncengine.errors import ServerUnavailable
 from syncengine.transport.base import check_url, make_ssl_context
 
@@ -37,6 +42,7 @@ __all__ = [
     "build_transport",
     "detect_protocol",
     "push_and_catch_up",
+    "push_then_pull",
     "same_account",
     "wrap",
 ]
@@ -172,6 +178,19 @@ async def apply_unordered_batch(session: Any, batch: Sequence[Any]) -> None:
             )
 
 
+async def push_then_pull(session: Any) -> tuple[int, int]:
+    """One push-and-pull round (``sync_once``); returns (pushed, pulled). With an opaque
+    cursor (Matrix) it pulls first, so that echoes confirm operations whose acknowledgement
+    was lost before they are replayed, then pushes and pulls again (the new echoes)."""
+    exchange = session.exchange
+    pulled = 0
+    if sync_before_push(session.core.capabilities):
+        pulled += await exchange.catch_up()
+    pushed = await exchange.push_all()
+    pulled += await exchange.catch_up()
+    return pushed, pulled
+
+
 async def push_and_catch_up(session: Any, tasks: list[Any]) -> None:
     """A session's SYNCING step. Protocol v1: push, then pull from the cursor. A link that
     owns an opaque cursor: wait for its first Checkpoint to be committed (it streams from the
@@ -179,8 +198,7 @@ async def push_and_catch_up(session: Any, tasks: list[Any]) -> None:
     Syncing first lets echoes confirm operations whose acknowledgement was lost before they
     are replayed (Synapse forgets a txnId after 24 h)."""
     if not session.core.link_owns_cursor:
-        await session.exchange.push_all()
-        await session.exchange.catch_up()
+        await push_then_pull(session)
         return
     while not session.core.caught_up:
         await session._wait(tasks, 5.0)

@@ -25,13 +25,27 @@ import attrs
 from syncengine.core.cursor import Cursor, TransportCapabilities
 from syncengine.events import Checkpoint, DurableEvent, Gap, ServerEvent
 
-__all__ = ["LiveSegment", "link_owns_cursor", "op_targets", "split_live_batch", "with_targets"]
+__all__ = [
+    "LiveSegment",
+    "link_owns_cursor",
+    "op_targets",
+    "split_live_batch",
+    "sync_before_push",
+    "with_targets",
+]
 
 
 def link_owns_cursor(caps: TransportCapabilities, link_up: bool) -> bool:
     """True when the live link, not the pull loop, moves the cursor (an opaque cursor and a
     link up): pulls are then skipped, and Checkpoints commit the cursor."""
     return link_up and not caps.ordered_cursor
+
+
+def sync_before_push(caps: TransportCapabilities) -> bool:
+    """True when a session must read the server before pushing: with opaque cursors
+    (Matrix) an acknowledgement lost in a crash is only recovered from the echo, and the
+    server forgets a txnId after 24 h, so replaying first could send twice."""
+    return not caps.ordered_cursor
 
 
 @attrs.frozen
