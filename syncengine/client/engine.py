@@ -18,7 +18,12 @@ from typing import Any, TypeVar
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
-from syncengine.client.matrix_glue import account_user, push_then_pull, same_account
+from syncengine.client.matrix_glue import (
+    account_user,
+    choose_protocol,
+    push_then_pull,
+    same_account,
+)
 from syncengine.client.session import Session
 from syncengine.errors import NotFound, SyncEngineError, UsageError
 from syncengine.events import (
@@ -218,6 +223,7 @@ class SyncEngine:
             )
         device = device or self.config.device or store.get_meta("device") or _default_device()
         await self._session.stop()
+        await choose_protocol(self._session, server)  # meta.protocol: v1 or matrix
         transport = self._session.make_transport(server)
         token = await transport.login(user, password, device)
         store.set_account(

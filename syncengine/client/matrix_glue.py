@@ -40,6 +40,7 @@ __all__ = [
     "account_user",
     "apply_unordered_batch",
     "build_transport",
+    "choose_protocol",
     "detect_protocol",
     "push_and_catch_up",
     "push_then_pull",
@@ -51,7 +52,9 @@ __all__ = [
 PROTOCOLS = ("auto", "matrix", "v1")
 
 
-async def detect_protocol(server: str, *, allow_insecure: bool = False, ca_file: str | None = None) -> str:
+async def detect_protocol(
+    server: str, *, allow_insecure: bool = False, ca_file: str | None = None
+) -> str:
     """``matrix`` when ``server`` answers ``GET /_matrix/client/versions`` with a
     ``versions`` list, else ``v1``.
 
@@ -70,6 +73,23 @@ async def detect_protocol(server: str, *, allow_insecure: bool = False, ca_file:
     except ValueError:
         body = None
     return "matrix" if isinstance(body, dict) and isinstance(body.get("versions"), list) else "v1"
+
+
+async def choose_protocol(session: Any, server: str) -> None:
+    """Record the protocol of ``server`` in the store's meta before a login, when neither a
+    ``transport_factory`` nor an earlier login (or ``--protocol``) chose it: a server that
+    answers ``/_matrix/client/versions`` is Matrix. An unreachable server is left undecided
+    (the login itself then reports why, TLS failures included)."""
+    store = session.require_store()
+    if session.config.transport_factory is not None or store.get_meta("protocol"):
+        return
+    try:
+        protocol = await detect_protocol(
+            server, allow_insecure=session.config.allow_insecure, ca_file=session.config.ca_file
+        )
+    except Exception:  # noqa: BLE001 - any failure: let the login say what is wrong
+        return
+    store.set_meta(protocol=protocol)
 
 
 def build_transport(
