@@ -54,3 +54,45 @@ async def test_cli_login_auto_create_send_messages(synapse, new_user, nio_client
     await cli(db, "sync")  # the first sync joins the invite, the next reads the room
     titles = {c["id"]: c["title"] for c in await cli(db, "conversations")}
     assert titles.get(second["id"]) == "by id", json.dumps(titles)
+
+
+def _state(db: Path) -> str:
+    from syncengine.store import Store
+
+    with Store(db) as store:
+        return str(store.get_meta("state"))
+
+
+async def test_the_daemon_syncs_live_with_matrix(synapse, new_user, nio_client, tmp_path):
+    from tests.test_daemon import daemon_process, stop
+
+    alice, bob = new_user("alice"), new_user("bob")
+    db = tmp_path / "alice.db"
+    await cli(db, "login", synapse.url, alice, input=f"{PASSWORD}\n")
+    conv = await cli(db, "create", "daemon", "--member", bob)
+    with daemon_process(db) as proc:
+        sent = await cli(db, "send", conv["id"], "via the daemon")
+        nio = await nio_client(bob)
+
+        async def nio_sees() -> bool:
+            await nio_join_all(nio)
+            rooms = list(nio.rooms)
+            return bool(rooms) and bodies_by_op(await nio_timeline(nio, rooms[0])) == {
+                sent["op_id"]: 1
+            }
+
+        async with asyncio.timeout(60):
+            while not await nio_sees():
+                await asyncio.sleep(0.2)
+        [room_id] = list(nio.rooms)
+        await nio.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "to daemon"})
+        async with asyncio.timeout(60):
+            while True:  # the daemon's live /sync loop stores it; the CLI reads the store
+                bodies = [m["body"] for m in await cli(db, "messages", conv["id"])]
+                if "to daemon" in bodies:
+                    break
+                await asyncio.sleep(0.2)
+        assert bodies == ["via the daemon", "to daemon"]
+        assert await asyncio.to_thread(_state, db) == "live"
+        code, _, err = await asyncio.to_thread(stop, proc)
+        assert code == 0, err
