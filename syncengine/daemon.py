@@ -63,7 +63,7 @@ from syncengine.local.account import engine_options
 from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
 from syncengine.logs import RedactingFilter, install_redaction
 from syncengine.models import ConnectionState
-from syncengine.paths import token_path
+from syncengine.paths import cli_command, token_path
 from syncengine.store import Store
 
 __all__ = [
@@ -260,7 +260,10 @@ class Daemon:
         try:
             if not db.exists():
                 # Nothing to sync, and no reason to leave a lock file where no store is.
-                raise NotLoggedIn(f"not logged in: no store at {db}; run 'syncengine login' first")
+                raise NotLoggedIn(
+                    f"not logged in: no store at {db}; run "
+                    f"'{cli_command(db, 'login', 'SERVER_URL', 'USER')}' first"
+                )
             # Signals are handled from the first moment: a SIGTERM during start-up (opening
             # and checking the store can take a while) must still end in a clean exit 0.
             with self._signal_handlers():
@@ -375,8 +378,15 @@ class Daemon:
         # The engine names why its loop stopped with a typed error; its wording is for people.
         failure = engine.failure
         if isinstance(failure, AuthFailed):
+            account = engine.store.account()
+            hint = cli_command(
+                self.config.db_path,
+                "login",
+                account.get("server") or "SERVER_URL",
+                account.get("user") or "USER",
+            )
             log.error(
-                "the server refused the credentials: run 'syncengine login'; the daemon "
+                f"the server refused the credentials: run '{hint}'; the daemon "
                 "resumes by itself when the token changes"
             )
             return
@@ -473,12 +483,11 @@ class Daemon:
 def _require_account(db: Path, account: dict[str, str | None]) -> None:
     """Raise NotLoggedIn unless the store has an account and a token (the daemon's wording)."""
     if not account.get("user") or not account.get("server"):
-        raise NotLoggedIn(f"not logged in: run 'syncengine --db {db} login SERVER_URL USER' first")
+        hint = cli_command(db, "login", "SERVER_URL", "USER")
+        raise NotLoggedIn(f"not logged in: run '{hint}' first")
     if _token_signature(token_path(db)) is None:
-        raise NotLoggedIn(
-            f"no token for {account['user']} (logged out): run 'syncengine --db {db} login "
-            f"{account['server']} {account['user']}' first"
-        )
+        hint = cli_command(db, "login", account["server"] or "", account["user"] or "")
+        raise NotLoggedIn(f"no token for {account['user']} (logged out): run '{hint}' first")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -390,7 +390,7 @@ def test_a_damaged_store_is_one_line_and_untouched(tmp_path: Path) -> None:
 def test_commands_need_a_login(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     Store(db).close()
-    assert_user_error(invoke("--db", str(db), "create", "t"), "log in")
+    assert_user_error(invoke("--db", str(db), "create", "t"), "not logged in: run")
     assert_user_error(invoke("--db", str(db), "sync"), "not logged in")
 
 

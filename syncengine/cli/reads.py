@@ -47,10 +47,11 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def conversations(ctx: click.Context) -> None:
     """The conversations in the store, with unread counts."""
-    from syncengine.local import open_store
+    from syncengine.local import open_store, require_account
 
     st = state(ctx)
     with open_store(st.db) as store:
+        require_account(store, st.db)
         convs = store.conversations()
     if st.json:
         render.emit_json([render.conversation_doc(c) for c in convs])
@@ -65,10 +66,11 @@ def conversations(ctx: click.Context) -> None:
 @click.pass_context
 def messages(ctx: click.Context, conversation_id: str, limit: int, before: int | None) -> None:
     """Messages of a conversation from the store, oldest first (pending ones last)."""
-    from syncengine.local import open_store
+    from syncengine.local import open_store, require_account
 
     st = state(ctx)
     with open_store(st.db) as store:
+        require_account(store, st.db)
         if not store.has_conversation(conversation_id):
             raise UsageError(f"no conversation {conversation_id} in {st.db}")
         msgs = store.messages(conversation_id, before=before, limit=limit)
@@ -90,10 +92,11 @@ def messages(ctx: click.Context, conversation_id: str, limit: int, before: int |
 @click.pass_context
 def outbox(ctx: click.Context, state_filter: str | None, limit: int) -> None:
     """Queued operations, oldest first, with attempts and the last error."""
-    from syncengine.local import open_store
+    from syncengine.local import open_store, require_account
 
     st = state(ctx)
     with open_store(st.db) as store:
+        require_account(store, st.db)
         items = store.outbox(state_filter, limit=limit)
     if st.json:
         render.emit_json([render.outbox_doc(i) for i in items])

@@ -281,8 +281,10 @@ def outbox_table(items: list[OutboxItem]) -> Any:
     return table
 
 
-def sync_line(doc: dict[str, Any]) -> str:
-    """One human line for the ``sync`` document."""
+def sync_line(doc: dict[str, Any], db: Any = None) -> str:
+    """One human line for the ``sync`` document (its hint carries ``--db`` when needed)."""
+    from syncengine.paths import cli_command
+
     if doc["daemon"]:
         line = f"Caught up (the daemon syncs this store): cursor {doc['cursor']}."
     else:
@@ -291,7 +293,8 @@ def sync_line(doc: dict[str, Any]) -> str:
             f"cursor {doc['cursor']}."
         )
     if doc["failed"]:
-        line += f" [red]{doc['failed']} failed[/]: see 'syncengine outbox --state failed'."
+        hint = cli_command(db, "outbox", "--state", "failed")
+        line += f" [red]{doc['failed']} failed[/]: see '{hint}'."
     return line
 
 

@@ -47,7 +47,7 @@ def sync(ctx: click.Context, timeout: float) -> None:
     if st.json:
         render.emit_json(doc)
     else:
-        render.console().print(render.sync_line(doc))
+        render.console().print(render.sync_line(doc, st.db))
 
 
 def _progress_bar() -> tuple[Any, Callable[[SyncProgress], None]]:

@@ -20,7 +20,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from syncengine.local.account import engine_options, open_store, require_login, require_store
+    from syncengine.local.account import (
+        engine_options,
+        login_hint,
+        open_store,
+        require_account,
+        require_login,
+        require_store,
+        require_writable,
+    )
     from syncengine.local.ack import check_acknowledged, wait_acknowledged
     from syncengine.local.credentials import login, logout
     from syncengine.local.follow import poll_messages, tail
@@ -48,6 +56,7 @@ __all__ = [
     "effective_state",
     "engine_options",
     "login",
+    "login_hint",
     "logout",
     "offline_engine",
     "open_store",
@@ -56,8 +65,10 @@ __all__ = [
     "queue_conversation",
     "queue_send",
     "requeue",
+    "require_account",
     "require_login",
     "require_store",
+    "require_writable",
     "server_head",
     "store_status",
     "sync_here",
@@ -81,6 +92,7 @@ _WHERE: dict[str, str] = {
     "effective_state": "syncengine.local.status",
     "engine_options": "syncengine.local.account",
     "login": "syncengine.local.credentials",
+    "login_hint": "syncengine.local.account",
     "logout": "syncengine.local.credentials",
     "offline_engine": "syncengine.local.writes",
     "open_store": "syncengine.local.account",
@@ -89,7 +101,9 @@ _WHERE: dict[str, str] = {
     "queue_conversation": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",
+    "require_account": "syncengine.local.account",
     "require_login": "syncengine.local.account",
+    "require_writable": "syncengine.local.account",
     "require_store": "syncengine.local.account",
     "server_head": "syncengine.local.sync",
     "store_status": "syncengine.local.status",
