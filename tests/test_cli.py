@@ -305,7 +305,7 @@ def test_human_output_is_a_table(alice: Path) -> None:
     convs = invoke("--db", str(alice), "conversations").stdout
     assert cid in convs and "Plans" in convs  # ids are never truncated
     status = invoke("--db", str(alice), "status").stdout
-    assert "1 conversations" in status and "not running" in status
+    assert "1 conversation," in status and "not running" in status
 
 
 def test_no_color_is_honoured(alice: Path) -> None:

@@ -70,7 +70,7 @@ def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return url
 
 
-@click.command(cls=OneLineCommand)
+@click.command(cls=OneLineCommand, short_help="Log in to a server; keep the token.")
 @click.argument("server_url", callback=_server_url)
 @click.argument("user")
 @click.option("--device", default=None, help="This device's name [default: host name + suffix].")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from syncengine.local.ack import check_acknowledged, wait_acknowledged
     from syncengine.local.credentials import login, logout
     from syncengine.local.follow import poll_messages, tail
+    from syncengine.local.ids import resolve_conversation, resolve_operations
     from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
     from syncengine.local.status import StoreStatus, effective_state, store_status
     from syncengine.local.sync import (
@@ -69,6 +70,8 @@ __all__ = [
     "require_login",
     "require_store",
     "require_writable",
+    "resolve_conversation",
+    "resolve_operations",
     "server_head",
     "store_status",
     "sync_here",
@@ -101,6 +104,8 @@ _WHERE: dict[str, str] = {
     "queue_conversation": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",
+    "resolve_conversation": "syncengine.local.ids",
+    "resolve_operations": "syncengine.local.ids",
     "require_account": "syncengine.local.account",
     "require_login": "syncengine.local.account",
     "require_writable": "syncengine.local.account",
