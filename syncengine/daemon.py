@@ -185,7 +185,31 @@ def setup_logging(level: str = "info", stream: IO[str] | None = None) -> logging
     if level.lower() != "debug":
         for name in ("httpx", "httpcore", "websockets", "stamina", "apscheduler"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    install_retry_logging()
     return handler
+
+
+def install_retry_logging() -> None:
+    """Log each scheduled retry at INFO with its reason and delay (stamina's instrumentation).
+
+    stamina's default hook logs ``stamina.retry_scheduled`` as a WARNING without the cause; a
+    retry is the engine working as designed (the server is away, work stays queued), so it
+    is replaced by one INFO line in the daemon's words.
+    """
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks([_log_retry])
+
+
+def _log_retry(details: Any) -> None:
+    """One INFO line for a retry stamina scheduled: attempt, delay, reason."""
+    log.info(
+        "retrying in %.1f s (attempt %d): %s",
+        details.wait_for,
+        details.retry_num,
+        _one_line(details.caused_by),
+        extra={"retry_in_s": round(details.wait_for, 3), "attempt": details.retry_num},
+    )
 
 
 @attrs.define(kw_only=True)

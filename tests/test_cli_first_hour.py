@@ -334,3 +334,37 @@ def test_tail_says_when_a_daemon_runs(tmp_path: Path, srv: ServerThread) -> None
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(20)
+
+
+# --- item 11: errors name the cause; the daemon logs retries at INFO ------------------------------
+
+
+def test_errors_name_the_cause(tmp_path: Path, srv: ServerThread) -> None:
+    db = tmp_path / "a.db"
+    refused = cli("--db", str(db), "login", "http://127.0.0.1:1", "a", input="pw\n")
+    assert_user_error(refused, "connection refused")
+    tls = cli("--db", str(db), "login", srv.url.replace("http://", "https://"), "a", input="pw\n")
+    assert_user_error(tls, "TLS handshake failed")
+    v1 = cli("--db", str(db), "login", f"{srv.url}/v1", "a", input="pw\n")
+    assert_user_error(v1, f"drop the trailing /v1: {srv.url}")
+    assert not db.exists()
+
+
+def test_daemon_logs_retries_at_info_with_reason_and_delay(tmp_path: Path) -> None:
+    config = ServerConfig(data_dir=tmp_path / "gone", **TEST_DEFAULTS)
+    with ServerThread(config) as gone:
+        db = logged_in(tmp_path, gone)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "syncengine.cli", "--db", str(db), "daemon"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4.0)
+    daemon.send_signal(signal.SIGTERM)
+    _out, err = daemon.communicate(timeout=30)
+    retries = [json.loads(line) for line in err.splitlines() if "retrying in" in line]
+    assert retries, err
+    assert retries[0]["level"] == "info"
+    assert "connection refused" in retries[0]["msg"]
+    assert "stamina.retry_scheduled" not in err
