@@ -402,7 +402,7 @@ class Daemon:
         # The engine names why its loop stopped with a typed error; its wording is for people.
         failure = engine.failure
         if isinstance(failure, AuthFailed):
-            account = engine.store.account()
+            account = _account_of(self.config.db_path)
             hint = cli_command(
                 self.config.db_path,
                 "login",
@@ -502,6 +502,15 @@ class Daemon:
             await self._start_engine(options)
         finally:
             self._restarting = False
+
+
+def _account_of(db: Path) -> dict[str, str | None]:
+    """The store's account for a hint (empty when it cannot be read)."""
+    try:
+        with Store(db) as store:
+            return dict(store.account())
+    except (SyncEngineError, OSError):
+        return {}
 
 
 def _require_account(db: Path, account: dict[str, str | None]) -> None:
