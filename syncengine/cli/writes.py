@@ -13,7 +13,6 @@ import click
 from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
 from syncengine.clickutil import OneLineCommand, OneLineUsageError
-from syncengine.protocol.ops import MAX_BODY_CHARS
 
 __all__ = ["create", "retry", "send"]
 
@@ -94,6 +93,8 @@ def _body(text: str | None, file: str | None) -> str:
     """The message: TEXT, or read from stdin ('-') or a file; exactly one of them."""
     if (text is None) == (file is None):
         raise OneLineUsageError("give the message as TEXT, as '-' (stdin) or with --file PATH")
+    from syncengine.protocol.ops import MAX_BODY_CHARS  # lazily: the CLI starts fast
+
     source = file if file is not None else (text if text == "-" else None)
     if source is None:
         assert text is not None
