@@ -10,6 +10,7 @@ from syncengine.core.cursor import TransportCapabilities
 from syncengine.core.requests import CatchUp
 from syncengine.core.sync import SyncProtocol
 from syncengine.core.unordered import (
+    for_app,
     op_targets,
     split_live_batch,
     sync_before_push,
@@ -17,6 +18,7 @@ from syncengine.core.unordered import (
 )
 from syncengine.events import (
     Checkpoint,
+    Discontinuity,
     ConversationUpdated,
     Gap,
     MessageReceived,
@@ -225,3 +227,10 @@ def test_own_echo_gets_its_event_id_and_key_after_an_ack_without_seq(tmp_path: P
         s.apply_events([msg("$m", "mine", sender="@me:hs", op_id="op1")])
         [only] = s.messages(ROOM, limit=10)
         assert (only.id, only.seq, only.body) == ("$m", FIRST_SEQ + 1, "mine")
+
+
+def test_a_gap_reaches_the_app_as_a_per_conversation_discontinuity() -> None:
+    told = for_app(Gap(conversation_id=ROOM, token="t9", since="s3"))
+    assert told == Discontinuity(old_cursor="s3", new_cursor="t9", conversation_id=ROOM)
+    event = msg("$a")
+    assert for_app(event) is event

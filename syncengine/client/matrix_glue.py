@@ -177,9 +177,7 @@ def same_account(stored: str | None, user: str) -> bool:
 async def apply_unordered_batch(session: Any, batch: Sequence[Any]) -> None:
     """Apply a batch of live events from a link that owns an opaque cursor: each run of
     events is committed with the cursor of the Checkpoint that closed it (G3); a ``Gap``
-    becomes a per-conversation :class:`~syncengine.events.Discontinuity`."""
-    from syncengine.events import Discontinuity
-
+    becomes a per-conversation :class:`~syncengine.events.Discontinuity` (``emit_new``)."""
     core, exchange = session.core, session.exchange
     for segment in split_live_batch(batch):
         cursor = core.receive_checkpoint(segment.cursor) if segment.cursor is not None else None
@@ -189,13 +187,7 @@ async def apply_unordered_batch(session: Any, batch: Sequence[Any]) -> None:
             core.committed(cursor)
             session.kick()  # a session waiting to be caught up goes on
         kept = session.require_store().apply_ephemeral(segment.other) if segment.other else []
-        exchange.emit_new([*segment.durable, *kept])
-        for gap in segment.gaps:
-            session.bus.emit(
-                Discontinuity(
-                    old_cursor=gap.since, new_cursor=gap.token, conversation_id=gap.conversation_id
-                )
-            )
+        exchange.emit_new([*segment.durable, *kept, *segment.gaps])  # a Gap: a Discontinuity
 
 
 async def push_then_pull(session: Any) -> tuple[int, int]:

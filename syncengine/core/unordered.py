@@ -23,10 +23,11 @@ from typing import Any
 import attrs
 
 from syncengine.core.cursor import Cursor, TransportCapabilities
-from syncengine.events import Checkpoint, DurableEvent, Gap, ServerEvent
+from syncengine.events import Checkpoint, Discontinuity, DurableEvent, Gap, ServerEvent
 
 __all__ = [
     "LiveSegment",
+    "for_app",
     "link_owns_cursor",
     "op_targets",
     "split_live_batch",
@@ -118,3 +119,13 @@ def with_targets(op: dict[str, Any], event_id: str | None) -> dict[str, Any]:
         return op
     key = "event_id" if op.get("kind") == "mark_read" else "message_id"
     return {**op, key: event_id}
+
+
+def for_app(event: ServerEvent) -> ServerEvent | Discontinuity:
+    """What the app is told of an applied event: a :class:`Gap` (a hole the transport could
+    not fill) becomes a per-conversation :class:`Discontinuity`; everything else as is."""
+    if isinstance(event, Gap):
+        return Discontinuity(
+            old_cursor=event.since, new_cursor=event.token, conversation_id=event.conversation_id
+        )
+    return event

@@ -236,3 +236,35 @@ async def _nio_presence(nio: Any, user: str, status: str) -> bool:
 
 def _unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+async def test_a_gap_past_the_cap_is_a_per_conversation_discontinuity(
+    synapse, new_user, nio_client, tmp_path
+) -> None:
+    from syncengine.events import Discontinuity
+
+    alice, bob = new_user("alice"), new_user("bob")
+    db = tmp_path / "alice.db"
+
+    def small(url: str) -> MatrixTransport:  # a gap fill capped at 20 events, pages of 10
+        return MatrixTransport(
+            url, timeout_s=5.0, live_timeout_ms=2000, timeline_limit=10, gap_cap=20
+        )
+
+    async with SyncEngine(db, transport_factory=small, backoff_base_s=0.05) as engine:
+        await engine.login(synapse.url, alice, PASSWORD, device="PHONE")
+        conv = await engine.create_conversation("gap", [bob])
+        assert await engine.wait_for_pending(timeout=30)
+        await eventually(lambda: engine.state is ConnectionState.LIVE)
+    nio = await nio_client(bob)
+    room_id = await room_of(nio, conv.id)
+    for i in range(60):
+        await nio.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"g{i}"})
+    seen: list[Discontinuity] = []
+    async with SyncEngine(db, transport_factory=small, backoff_base_s=0.05) as engine:
+        engine.on(Discontinuity, seen.append)
+        await eventually(lambda: "g59" in bodies(engine, conv.id))
+        await eventually(lambda: bool(seen))
+        assert {d.conversation_id for d in seen} == {conv.id}
+        got = bodies(engine, conv.id)
+        assert got == sorted(got, key=lambda b: int(b[1:])) and len(got) < 60  # newest part
