@@ -18,8 +18,8 @@ from syncengine.core.unordered import (
 )
 from syncengine.events import (
     Checkpoint,
-    Discontinuity,
     ConversationUpdated,
+    Discontinuity,
     Gap,
     MessageReceived,
     MessageUpdated,

@@ -433,9 +433,9 @@ class SyncEngine:
         session = self._session
         session.require_transport()
         pushed, pulled = await push_then_pull(session)  # Matrix: pulls first, then again
-        # events.py types the cursor as protocol v1's int; an opaque token passes through as is.
+        # An int in protocol v1, an opaque token on Matrix.
         cursor = session.core.cursor
-        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)  # type: ignore[arg-type]
+        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)
         self._bus.emit(done)
         return done
 
@@ -465,6 +465,7 @@ async def _poll(done: Callable[[], bool], every_s: float, timeout: float | None)
         return True
     except TimeoutError:
         return False
+
 
 def _default_device() -> str:
     import socket

@@ -87,7 +87,7 @@ async def choose_protocol(session: Any, server: str) -> None:
         protocol = await detect_protocol(
             server, allow_insecure=session.config.allow_insecure, ca_file=session.config.ca_file
         )
-    except Exception:  # noqa: BLE001 - any failure: let the login say what is wrong
+    except Exception:
         return
     store.set_meta(protocol=protocol)
 
@@ -108,15 +108,17 @@ def build_transport(
         allow_insecure=config.allow_insecure,
         timeout_s=config.request_timeout_s,
     )
-    return StoreBoundTransport(inner, store)  # type: ignore[return-value]
+    return StoreBoundTransport(inner, store)
 
 
 def wrap(transport: Any, store: Callable[[], Store | None]) -> Any:
     """``transport`` wrapped in :class:`StoreBoundTransport` when its cursor is unordered
     (a ``transport_factory`` may hand the engine a bare Matrix transport)."""
     caps = getattr(transport, "capabilities", None)
-    if caps is None or getattr(caps, "ordered_cursor", True) or isinstance(
-        transport, StoreBoundTransport
+    if (
+        caps is None
+        or getattr(caps, "ordered_cursor", True)
+        or isinstance(transport, StoreBoundTransport)
     ):
         return transport
     return StoreBoundTransport(transport, store)

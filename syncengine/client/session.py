@@ -149,7 +149,7 @@ class Session:
         protocol = self.store.get_meta("protocol") if self.store is not None else None
         if cfg.transport_factory is not None:
             transport = matrix_glue.wrap(cfg.transport_factory(server), lambda: self.store)
-        elif (other := matrix_glue.build_transport(server, cfg, protocol, self.require_store)):
+        elif other := matrix_glue.build_transport(server, cfg, protocol, self.require_store):
             transport = other
         else:
             from syncengine.transport.rest import RestTransport

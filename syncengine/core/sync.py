@@ -328,7 +328,7 @@ class SyncProtocol:
         self.gaps.clear()
         if known_seq is not None:
             self.known_seq = dict(known_seq)
-        return Discontinuity(old_cursor=old, new_cursor=head)  # type: ignore[arg-type]
+        return Discontinuity(old_cursor=old, new_cursor=head)
 
     # --- live -------------------------------------------------------------------------------
 
@@ -374,9 +374,10 @@ class SyncProtocol:
             return LiveDecision(cursor=None, gap=True)
         # caught_up is only ever set with an ordered cursor (see receive_page), so the cursor
         # compares here.
-        if self.caught_up and event.pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
-            self._live_decided = event.pos
-            return LiveDecision(cursor=event.pos, gap=False)
+        pos = event.pos
+        if self.caught_up and pos is not None and pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
+            self._live_decided = pos
+            return LiveDecision(cursor=pos, gap=False)
         return LiveDecision(cursor=None, gap=False)
 
     def receive_live_batch(self, durable: Sequence[DurableEvent]) -> tuple[Cursor | None, bool]:

@@ -283,11 +283,14 @@ class Discontinuity(EngineEvent):
 
 @attrs.frozen(kw_only=True)
 class SyncCompleted(EngineEvent):
-    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events."""
+    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events.
+
+    ``cursor`` is an int in protocol v1 and an opaque token on a Matrix homeserver.
+    """
 
     pushed: int
     pulled: int
-    cursor: int
+    cursor: int | str
 
 
 Event = ServerEvent | EngineEvent

@@ -51,7 +51,7 @@ class ApplyResult:
     def __init__(self) -> None:
         self.applied = 0
         self.unknown = 0
-        self.cursor = 0
+        self.cursor: int | str = 0
         self.confirmed_ops: list[str] = []
 
 

@@ -162,7 +162,8 @@ def message_event_id(c: Any, me: str, op_id: str) -> str | None:
     if row:
         return str(row[0])
     row = c.execute(
-        "SELECT json_extract(result, '$.message_id') FROM outbox WHERE op_id = ? AND state = 'sent'",
+        "SELECT json_extract(result, '$.message_id') FROM outbox "
+        "WHERE op_id = ? AND state = 'sent'",
         (op_id,),
     ).fetchone()
     return str(row[0]) if row and row[0] else None

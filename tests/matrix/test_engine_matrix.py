@@ -159,9 +159,7 @@ async def test_edits_deletes_receipts_typing_presence_both_ways(
         assert len([e for e in seen if e["type"] == "m.room.redaction"]) == 1
         await eventually(lambda: bodies(engine, conv.id)[:1] == ["first, edited"])
         # nio -> engine: a message, its edit, a redaction, a receipt
-        theirs = await nio.room_send(
-            room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"}
-        )
+        theirs = await nio.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"})
         await nio.room_send(
             room_id,
             "m.room.message",

@@ -249,9 +249,7 @@ class MatrixTransport:
         out = []
         for user in users:
             try:
-                answer = await self.http.request(
-                    "GET", f"{CLIENT}/presence/{segment(user)}/status"
-                )
+                answer = await self.http.request("GET", f"{CLIENT}/presence/{segment(user)}/status")
             except Rejected:
                 # 403 for a user who shares no room with us yet (only invited): no snapshot;
                 # their changes arrive through /sync once they join.

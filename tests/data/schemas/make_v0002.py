@@ -1,7 +1,8 @@
-"""Make tests/data/schemas/v0002.db: a database of schema 0002_opaque_cursor_event_ids with a little of
-everything in it (server messages, an edit, a delete, read receipts, a pending, a failed and
-a sent operation, a conversation pending creation, presence, a quarantined event), and a
-conversation whose events came without seq (Matrix: numbered by the store, ``event_seqs``).
+"""Make tests/data/schemas/v0002.db: a database of schema 0002_opaque_cursor_event_ids with a
+little of everything in it (server messages, an edit, a delete, read receipts, a pending, a
+failed and a sent operation, a conversation pending creation, presence, a quarantined event),
+and a conversation whose events came without seq (Matrix: numbered by the store,
+``event_seqs``).
 
 Run it once, from the repository root, with the code of that schema (it refuses to overwrite):
 
