@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from syncengine.core.unordered import (
     op_targets,
     split_live_batch,
@@ -61,6 +59,8 @@ async def detect_protocol(
     Raises:
         ServerUnavailable: the server could not be reached at all.
     """
+    import httpx  # lazily: every engine imports this module, few logins need httpx here
+
     base = check_url(server, allow_insecure=allow_insecure)
     verify: Any = make_ssl_context(ca_file) if base.startswith("https") else True
     try:
