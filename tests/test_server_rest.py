@@ -752,3 +752,36 @@ async def test_a_client_leaving_mid_body_is_not_an_error(
         await app(scope, receive, send)
     assert sent[0]["status"] == 499
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_unknown_members_are_refused_per_operation(tmp_path: Path) -> None:
+    async with open_api("asgi", tmp_path, refuse_unknown_members=True) as api:
+        await api.login("alice")
+        await api.login("bob")
+        cid, ok = new_id(), new_id()
+        create = {"kind": "create_conversation", "title": "t"}
+        results = await api.ops(
+            "alice",
+            {**create, "op_id": "o1", "conversation_id": cid, "members": ["bob", "nosuchuser"]},
+            {**create, "op_id": "o2", "conversation_id": ok, "members": ["bob"]},
+        )
+        assert [(r["status"], r.get("code"), r.get("status_code")) for r in results] == [
+            ("rejected", "unknown_user", 404),
+            ("applied", None, None),
+        ]
+        assert "nosuchuser" in results[0]["reason"]
+        assert api.state.snapshot(cid, "alice") is None  # nothing of the refused creation kept
+        added = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "ghost"}, headers=api.auth("alice")
+        )
+        assert (added.status_code, added.json()["code"]) == (404, "unknown_user")
+        assert api.state.members(ok) == ("alice", "bob")
+        known = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "carol"}, headers=api.auth("alice")
+        )
+        assert known.status_code == 404  # carol has not registered yet
+        await api.login("carol")
+        known = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "carol"}, headers=api.auth("alice")
+        )
+        assert known.status_code == 200 and api.state.members(ok) == ("alice", "bob", "carol")

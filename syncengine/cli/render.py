@@ -140,6 +140,8 @@ def message_doc(msg: Message) -> dict[str, Any]:
         "body": msg.body,
         "state": msg.state.value,
         "created_at": msg.created_at,
+        "edited": msg.edited_at is not None,
+        "deleted": msg.deleted,
     }
 
 

@@ -1,4 +1,4 @@
-"""Writes: ``create``, ``send``, ``retry``.
+"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``retry``.
 
 They queue through the engine's public API (:mod:`syncengine.local.writes`) and return;
 whichever process syncs the store (the daemon, or a later ``syncengine sync``) pushes them.
@@ -14,7 +14,7 @@ from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
 from syncengine.clickutil import OneLineCommand, OneLineUsageError
 
-__all__ = ["create", "retry", "send"]
+__all__ = ["create", "delete", "edit", "read", "retry", "send"]
 
 
 @click.command(cls=OneLineCommand, short_help="Queue a new conversation (works offline).")
@@ -110,6 +110,61 @@ def _body(text: str | None, file: str | None) -> str:
         raise OneLineUsageError(f"the message in {source} is not UTF-8 text") from None
     # One trailing newline (what echo and editors add) is not part of the message.
     return body[:-1] if body.endswith("\n") else body
+
+
+@click.command(cls=OneLineCommand, short_help="Queue an edit of your message (works offline).")
+@click.argument("message_id")
+@click.argument("text")
+@click.pass_context
+def edit(ctx: click.Context, message_id: str, text: str) -> None:
+    """Queue an edit of one of your messages (works offline).
+
+    MESSAGE_ID is the server's message id, or the op id of a send not yet acknowledged.
+    TEXT is the new message (1 to 16,000 characters).
+    """
+    from syncengine.local import queue_edit
+
+    st = state(ctx)
+    item = run(queue_edit(st.db, message_id, text))
+    _queued(st.json, item.op_id, "Queued edit")
+
+
+@click.command(cls=OneLineCommand, short_help="Queue the deletion of your message (offline too).")
+@click.argument("message_id")
+@click.pass_context
+def delete(ctx: click.Context, message_id: str) -> None:
+    """Queue the deletion of one of your messages (works offline).
+
+    MESSAGE_ID is the server's message id, or the op id of a send not yet acknowledged.
+    """
+    from syncengine.local import queue_delete
+
+    st = state(ctx)
+    item = run(queue_delete(st.db, message_id))
+    _queued(st.json, item.op_id, "Queued deletion")
+
+
+@click.command(cls=OneLineCommand, short_help="Mark a conversation read (works offline).")
+@click.argument("conversation_id")
+@click.pass_context
+def read(ctx: click.Context, conversation_id: str) -> None:
+    """Queue a read receipt up to the newest message in the store (works offline).
+
+    CONVERSATION_ID may be a unique prefix.
+    """
+    from syncengine.local import queue_read, resolve_conversation
+
+    st = state(ctx)
+    item = run(queue_read(st.db, resolve_conversation(st.db, conversation_id)))
+    _queued(st.json, item.op_id, f"Queued read up to seq {item.payload['seq']}")
+
+
+def _queued(as_json: bool, op_id: str, what: str) -> None:
+    """Report one queued operation: its op id (JSON ``{"op_id"}``) or a line."""
+    if as_json:
+        emit_json({"op_id": op_id})
+    else:
+        console().print(f"{what}: {op_id}")
 
 
 @click.command(cls=OneLineCommand, short_help="Requeue failed operations.")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncengine.client.bus import EventBus
+from syncengine.client.chat import ChatMixin
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
 from syncengine.client.session import Session
@@ -50,7 +51,7 @@ log = logging.getLogger("syncengine.engine")
 E = TypeVar("E")
 
 
-class SyncEngine:
+class SyncEngine(ChatMixin):
     """An offline-first sync engine for one account, backed by one SQLite file.
 
     Use it as an async context manager::

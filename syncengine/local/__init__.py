@@ -44,7 +44,15 @@ if TYPE_CHECKING:
         sync_store,
         wait_for_daemon,
     )
-    from syncengine.local.writes import offline_engine, queue_conversation, queue_send, requeue
+    from syncengine.local.writes import (
+        offline_engine,
+        queue_conversation,
+        queue_delete,
+        queue_edit,
+        queue_read,
+        queue_send,
+        requeue,
+    )
 
 __all__ = [
     "LOCK_WAIT_S",
@@ -64,6 +72,9 @@ __all__ = [
     "pid_path",
     "poll_messages",
     "queue_conversation",
+    "queue_delete",
+    "queue_edit",
+    "queue_read",
     "queue_send",
     "requeue",
     "require_account",
@@ -102,6 +113,9 @@ _WHERE: dict[str, str] = {
     "pid_path": "syncengine.local.lock",
     "poll_messages": "syncengine.local.follow",
     "queue_conversation": "syncengine.local.writes",
+    "queue_delete": "syncengine.local.writes",
+    "queue_edit": "syncengine.local.writes",
+    "queue_read": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",
     "resolve_conversation": "syncengine.local.ids",

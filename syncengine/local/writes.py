@@ -14,10 +14,18 @@ from typing import Any
 
 from syncengine import SyncEngine
 from syncengine.local.account import require_account, require_store, require_writable
-from syncengine.models import Conversation, Message
+from syncengine.models import Conversation, Message, OutboxItem
 from syncengine.store import Store
 
-__all__ = ["offline_engine", "queue_conversation", "queue_send", "requeue"]
+__all__ = [
+    "offline_engine",
+    "queue_conversation",
+    "queue_delete",
+    "queue_edit",
+    "queue_read",
+    "queue_send",
+    "requeue",
+]
 
 
 @contextlib.asynccontextmanager
@@ -47,6 +55,36 @@ async def queue_send(db: str | os.PathLike[str], conversation_id: str, body: str
     """
     async with offline_engine(db) as engine:
         return await engine.send(conversation_id, body)
+
+
+async def queue_edit(db: str | os.PathLike[str], message_id: str, body: str) -> OutboxItem:
+    """Queue an edit of a message (its server id, or the op id of an unacknowledged send).
+
+    Raises:
+        NotFound: no such message in the store. UsageError: empty or too long body.
+    """
+    async with offline_engine(db) as engine:
+        return await engine.edit_message(message_id, body)
+
+
+async def queue_delete(db: str | os.PathLike[str], message_id: str) -> OutboxItem:
+    """Queue the deletion of a message (its server id, or its unacknowledged send's op id).
+
+    Raises:
+        NotFound: no such message in the store.
+    """
+    async with offline_engine(db) as engine:
+        return await engine.delete_message(message_id)
+
+
+async def queue_read(db: str | os.PathLike[str], conversation_id: str) -> OutboxItem:
+    """Queue a read receipt up to the newest message in the store.
+
+    Raises:
+        NotFound: the conversation is not in the store.
+    """
+    async with offline_engine(db) as engine:
+        return await engine.mark_read(conversation_id)
 
 
 async def queue_conversation(

@@ -73,9 +73,18 @@ def announce(
 
 
 def create_conversation(
-    tx: WriteTx, actor: str, conversation_id: str, title: str, members: tuple[str, ...]
+    tx: WriteTx,
+    actor: str,
+    conversation_id: str,
+    title: str,
+    members: tuple[str, ...],
+    *,
+    known_only: bool = False,
 ) -> tuple[bool, int, int]:
     """Create a conversation unless the same creation happened before.
+
+    With ``known_only`` (the server's ``refuse_unknown_members``; off for seeding and
+    storage tests), every member must have an account here.
 
     Returns:
         Whether it was created now, and the ``pos`` and ``ts_ms`` of its creation.
@@ -83,12 +92,15 @@ def create_conversation(
     Raises:
         Conflict: the id is taken by another creation.
         NotFound: the same creation, but the creator has left since.
+        UnknownUser: a member has no account on this server.
     """
     origin = rules.creation_origin(actor, title, members)
     existing = tx.conversation(conversation_id)
     if existing is not None:
         rules.check_recreation(existing.origin, origin, tx.is_member(conversation_id, actor))
         return False, existing.created_pos, existing.created_ms
+    if known_only:  # the creator is known: they are logged in
+        rules.check_known_users(tx.unknown_users(m for m in members if m != actor))
     row = ConversationRow(
         id=conversation_id,
         title=title,
@@ -119,9 +131,17 @@ def rename(tx: WriteTx, actor: str, conversation_id: str, title: str) -> Convers
 
 
 def set_member(
-    tx: WriteTx, actor: str, conversation_id: str, user: str, *, present: bool
+    tx: WriteTx,
+    actor: str,
+    conversation_id: str,
+    user: str,
+    *,
+    present: bool,
+    known_only: bool = False,
 ) -> ConversationSnapshot:
     """Add (``present=True``) or remove a member; no event when nothing changes.
+
+    With ``known_only``, a user added must have an account here (removing never checks).
 
     The removed user is in the audience of the event that removes them, and in no later
     one. The member cap holds for every caller (a route, the simulator).
@@ -129,9 +149,12 @@ def set_member(
     Raises:
         NotFound: ``actor`` is not a member.
         TooLarge: a new member past the cap.
+        UnknownUser: the user added has no account on this server.
     """
     rules.require_member(tx.is_member(conversation_id, actor))
     already = tx.is_member(conversation_id, user)
+    if present and not already and known_only:
+        rules.check_known_users(tx.unknown_users((user,)))
     if present:
         rules.check_member_cap(len(tx.members(conversation_id)), already)
     if already != present:
@@ -147,8 +170,12 @@ def set_member(
 # --- operations ---------------------------------------------------------------------------
 
 
-def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpResult:
+def apply_op(
+    tx: WriteTx, user: str, device: str, raw: Mapping[str, Any], *, known_only: bool = False
+) -> OpResult:
     """Apply one operation, or replay its recorded result.
+
+    ``known_only``: members named must have an account here (see :func:`set_member`).
 
     Its idempotency record is written in the same transaction as its effect. A replay
     returns the original result as ``duplicate``; the same op id with another payload is
@@ -162,7 +189,7 @@ def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpR
         return rules.replayed(record.result, record.payload_hash, digest)
     try:
         with tx.savepoint():
-            result = _effect(tx, user, device, ops.parse_op(raw, user))
+            result = _effect(tx, user, device, ops.parse_op(raw, user), known_only)
     except Rejection as exc:
         result = rules.rejected(op_id, exc)
     kind = str(raw.get("kind"))
@@ -170,9 +197,11 @@ def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpR
     return result
 
 
-def _effect(tx: WriteTx, user: str, device: str, op: ops.Op) -> OpResult:
+def _effect(tx: WriteTx, user: str, device: str, op: ops.Op, known_only: bool) -> OpResult:
     if isinstance(op, ops.CreateConversationOp):
-        _created, pos, ts = create_conversation(tx, user, op.conversation_id, op.title, op.members)
+        _created, pos, ts = create_conversation(
+            tx, user, op.conversation_id, op.title, op.members, known_only=known_only
+        )
         return rules.applied(op.op_id, op.conversation_id, None, 1, pos, ts)
     rules.require_member(tx.is_member(op.conversation_id, user))
     members = tx.members(op.conversation_id)

@@ -44,6 +44,7 @@ _NEWEST = _FROM_MESSAGES + (
 _ECHOES = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.local_id"
 _BEFORE = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
 _BY_OP = _FROM_MESSAGES + "WHERE m.sender = ? AND m.op_id = ?"
+_BY_ID = _FROM_MESSAGES + "WHERE m.id = ?"
 
 # A dict lookup, not ``MessageState(value)``: an Enum call costs as much as the rest of a
 # row's conversion, and a history page converts 50 rows.
@@ -167,6 +168,12 @@ def page(
 def message_by_op(c: Any, me: str, op_id: str) -> Message | None:
     """``me``'s message created by send operation ``op_id`` (echo or server copy)."""
     row = c.execute(_BY_OP, (me, op_id)).fetchone()
+    return _message(row) if row else None
+
+
+def message_by_id(c: Any, message_id: str) -> Message | None:
+    """The stored message with server id ``message_id``, or None."""
+    row = c.execute(_BY_ID, (message_id,)).fetchone()
     return _message(row) if row else None
 
 

@@ -415,6 +415,12 @@ class Store:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
         return self._read(queries.message_by_op, self.user, op_id)
 
+    def message(self, message_id: str) -> Message | None:
+        """The message named by its server id, or by the op id of this user's send (a local
+        echo not yet acknowledged, or its server copy); None when neither is stored."""
+        found = self._read(queries.message_by_id, message_id)
+        return found if found is not None else self.message_by_op(message_id)
+
     def message_count(self, conversation_id: str | None = None) -> int:
         """How many messages are stored (in one conversation, or in all)."""
         return self._read(queries.message_count, conversation_id)

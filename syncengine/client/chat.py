@@ -1,0 +1,79 @@
+"""The chat operations an app names by message id: :class:`ChatMixin`, part of ``SyncEngine``.
+
+``SyncEngine`` keeps its lifecycle, reads and the low-level writes (``edit`` and ``delete``
+take a conversation and either a server id or a send's op id); here are the writes as a chat
+user thinks of them: "edit this message", "cancel that operation". Each one is still an
+outbox operation, durable before it returns and pushed when the server can be reached.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from syncengine.errors import NotFound
+from syncengine.models import Message, OpKind, OutboxItem
+from syncengine.store import Store
+
+__all__ = ["ChatMixin"]
+
+
+class _Engine(Protocol):
+    """What the mixin uses of the engine it is mixed into."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def _queue(
+        self, kind: OpKind, cid: str, payload: dict[str, Any], op_id: str | None
+    ) -> OutboxItem: ...
+
+
+def _target(store: Store, message_id: str) -> tuple[Message, dict[str, Any]]:
+    """The message ``message_id`` names and the payload fields that name it on the wire.
+
+    A server id is sent as ``message_id``; a local echo not yet acknowledged is named by the
+    op id of its send (``target_op_id``), which the server resolves after the send.
+
+    Raises:
+        NotFound: no stored message has that server id, nor is one of this user's sends.
+    """
+    message = store.message(message_id)
+    if message is None:
+        raise NotFound(f"no message {message_id} in the store")
+    if message.id is not None:
+        return message, {"message_id": message.id}
+    return message, {"target_op_id": message.op_id}
+
+
+class ChatMixin:
+    """Writes named by message id; mixed into :class:`~syncengine.SyncEngine`."""
+
+    async def edit_message(
+        self: _Engine, message_id: str, body: str, *, op_id: str | None = None
+    ) -> OutboxItem:
+        """Queue an edit of one's own message.
+
+        Args:
+            message_id: the server id, or the op id of a send not yet acknowledged.
+            body: the new text (1 to 16,000 characters).
+            op_id: an idempotency key (queueing the same op id again queues nothing).
+
+        Raises:
+            NotFound: no such message in the store.
+            UsageError: an empty or too long body.
+        """
+        message, target = _target(self.store, message_id)
+        return self._queue(OpKind.EDIT, message.conversation_id, {"body": body, **target}, op_id)
+
+    async def delete_message(self: _Engine, message_id: str, *, op_id: str | None = None) -> OutboxItem:
+        """Queue the deletion of one's own message.
+
+        Args:
+            message_id: the server id, or the op id of a send not yet acknowledged.
+            op_id: an idempotency key (queueing the same op id again queues nothing).
+
+        Raises:
+            NotFound: no such message in the store.
+        """
+        message, target = _target(self.store, message_id)
+        return self._queue(OpKind.DELETE, message.conversation_id, target, op_id)
