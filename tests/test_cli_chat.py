@@ -109,3 +109,19 @@ def test_edit_mistakes_are_one_line(alice: Path) -> None:
     cid = new_conversation(alice, title="Solo")
     op_id = str(cli_json(alice, "send", cid, "hi")["op_id"])  # type: ignore[index]
     assert_user_error(invoke("--db", str(alice), "edit", op_id, ""), "empty")
+
+
+def test_cancel_a_queued_send_and_refuse_a_sent_one(alice: Path, srv: ServerThread) -> None:
+    cid = new_conversation(alice, title="Cancel")
+    kept = str(cli_json(alice, "send", cid, "kept")["op_id"])  # type: ignore[index]
+    gone = str(cli_json(alice, "send", cid, "gone")["op_id"])  # type: ignore[index]
+    assert cli_json(alice, "cancel", gone[:13]) == {"cancelled": gone, "kind": "send"}
+    assert list(by_body(alice, cid)) == ["kept"]
+    assert gone not in {i["op_id"] for i in cli_json(alice, "outbox")}  # type: ignore[union-attr]
+    cli_json(alice, "sync")
+    assert [m["body"] for m in srv.state.all_messages(cid)] == ["kept"]
+    assert_user_error(invoke("--db", str(alice), "cancel", kept), "already sent")
+    assert_user_error(invoke("--db", str(alice), "cancel", gone), "no operation")
+    last = str(cli_json(alice, "send", cid, "x")["op_id"])  # type: ignore[index]
+    human = invoke("--db", str(alice), "cancel", last)
+    assert human.exit_code == 0 and human.stdout.startswith("Cancelled send: ")

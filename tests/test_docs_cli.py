@@ -29,6 +29,7 @@ JSON_KEYS: dict[str, set[str]] = {
     "edit": {"op_id"},
     "delete": {"op_id"},
     "read": {"op_id"},
+    "cancel": {"cancelled", "kind"},
     "messages": MESSAGE_KEYS,
     "outbox": OUTBOX_KEYS,
     "retry": {"requeued"},

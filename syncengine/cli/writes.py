@@ -1,4 +1,4 @@
-"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``retry``.
+"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``cancel``, ``retry``.
 
 They queue through the engine's public API (:mod:`syncengine.local.writes`) and return;
 whichever process syncs the store (the daemon, or a later ``syncengine sync``) pushes them.
@@ -14,7 +14,7 @@ from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
 from syncengine.clickutil import OneLineCommand, OneLineUsageError
 
-__all__ = ["create", "delete", "edit", "read", "retry", "send"]
+__all__ = ["cancel", "create", "delete", "edit", "read", "retry", "send"]
 
 
 @click.command(cls=OneLineCommand, short_help="Queue a new conversation (works offline).")
@@ -157,6 +157,26 @@ def read(ctx: click.Context, conversation_id: str) -> None:
     st = state(ctx)
     item = run(queue_read(st.db, resolve_conversation(st.db, conversation_id)))
     _queued(st.json, item.op_id, f"Queued read up to seq {item.payload['seq']}")
+
+
+@click.command(cls=OneLineCommand, short_help="Cancel an operation not yet sent.")
+@click.argument("op_id")
+@click.pass_context
+def cancel(ctx: click.Context, op_id: str) -> None:
+    """Cancel a queued or failed send or creation not yet sent: it and its local echo go away.
+
+    OP_ID may be a unique prefix. An operation already sent (or maybe sent: pushed once
+    without an answer) cannot be cancelled; neither can an edit, deletion or read receipt.
+    """
+    from syncengine.local import cancel_operation, resolve_operations
+
+    st = state(ctx)
+    (op_id,) = resolve_operations(st.db, [op_id])
+    item = run(cancel_operation(st.db, op_id))
+    if st.json:
+        emit_json({"cancelled": item.op_id, "kind": item.kind.value})
+    else:
+        console().print(f"Cancelled {item.kind.value}: {item.op_id}")
 
 
 def _queued(as_json: bool, op_id: str, what: str) -> None:

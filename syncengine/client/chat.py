@@ -77,3 +77,23 @@ class ChatMixin:
         """
         message, target = _target(self.store, message_id)
         return self._queue(OpKind.DELETE, message.conversation_id, target, op_id)
+
+    async def cancel(self: _Engine, op_id: str) -> OutboxItem:
+        """Cancel an operation that has not been sent: its outbox row and local echo go away.
+
+        Cancellable: a send or a conversation creation that is PENDING and never attempted,
+        or FAILED (the server refused it). A cancel is a deletion, not an outbox state.
+
+        Args:
+            op_id: the operation's id.
+
+        Returns:
+            The operation as it was before it was cancelled.
+
+        Raises:
+            NotFound: no such operation in the outbox.
+            UsageError: it was already sent (or may have been), is an edit, deletion or read
+                receipt (their local change cannot be undone), or queued operations depend
+                on it (cancel those first).
+        """
+        return self.store.cancel(op_id)

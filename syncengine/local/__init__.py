@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         wait_for_daemon,
     )
     from syncengine.local.writes import (
+        cancel_operation,
         offline_engine,
         queue_conversation,
         queue_delete,
@@ -60,6 +61,7 @@ __all__ = [
     "StoreStatus",
     "SyncOutcome",
     "SyncProgress",
+    "cancel_operation",
     "check_acknowledged",
     "daemon_info",
     "effective_state",
@@ -101,6 +103,7 @@ _WHERE: dict[str, str] = {
     "StoreStatus": "syncengine.local.status",
     "SyncOutcome": "syncengine.local.sync",
     "SyncProgress": "syncengine.local.sync",
+    "cancel_operation": "syncengine.local.writes",
     "check_acknowledged": "syncengine.local.ack",
     "daemon_info": "syncengine.local.lock",
     "effective_state": "syncengine.local.status",

@@ -18,6 +18,7 @@ from syncengine.models import Conversation, Message, OutboxItem
 from syncengine.store import Store
 
 __all__ = [
+    "cancel_operation",
     "offline_engine",
     "queue_conversation",
     "queue_delete",
@@ -93,6 +94,16 @@ async def queue_conversation(
     """Queue the creation of a conversation (usable offline at once)."""
     async with offline_engine(db) as engine:
         return await engine.create_conversation(title, members=list(members))
+
+
+async def cancel_operation(db: str | os.PathLike[str], op_id: str) -> OutboxItem:
+    """Cancel an operation not yet sent; returns it as it was.
+
+    Raises:
+        NotFound: no such operation. UsageError: it cannot be cancelled (the reason says why).
+    """
+    async with offline_engine(db) as engine:
+        return await engine.cancel(op_id)
 
 
 async def requeue(db: str | os.PathLike[str], op_ids: Sequence[str] | None = None) -> list[str]:

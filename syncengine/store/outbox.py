@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import orjson
 
+from syncengine.core.cancel import cancel_refusal
 from syncengine.core.sync import OUTBOX_TRANSITIONS
 from syncengine.errors import NotFound, UsageError
 from syncengine.models import OpKind, OutboxItem, OutboxState, new_id
@@ -442,6 +443,49 @@ def requeue(c: Any, me: str, op_ids: Iterable[str] | None, now: float) -> list[s
         [(me, op_id) for op_id in ids],
     )
     return ids
+
+
+def cancel(c: Any, me: str, op_id: str) -> OutboxItem:
+    """Delete an unsent operation and its local effect; returns the item as it was.
+
+    Which operations may go is decided by :func:`syncengine.core.cancel.cancel_refusal`; a
+    cancel is a deletion, not a move of ``OUTBOX_TRANSITIONS``.
+
+    Raises:
+        NotFound: no such operation in the outbox.
+        UsageError: it may already have been applied, its local effect cannot be undone, or
+            other queued operations depend on it.
+    """
+    row = c.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE op_id = ?", (op_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no operation {op_id} in the outbox")
+    item = outbox_item(row)
+    if item.kind is OpKind.SEND:
+        dependents = c.execute(
+            "SELECT COUNT(*) FROM outbox WHERE state != 'sent' AND op_id != ? "
+            "AND json_extract(payload, '$.target_op_id') = ?",
+            (op_id, op_id),
+        ).fetchone()[0]
+    else:
+        dependents = c.execute(
+            "SELECT COUNT(*) FROM outbox WHERE state != 'sent' AND op_id != ? "
+            "AND conversation_id = ?",
+            (op_id, item.conversation_id),
+        ).fetchone()[0]
+    reason = cancel_refusal(item.kind, item.state, item.attempts, int(dependents))
+    if reason is not None:
+        raise UsageError(f"operation {op_id} ({item.kind.value}) cannot be cancelled: {reason}")
+    c.execute("DELETE FROM outbox WHERE op_id = ?", (op_id,))
+    if item.kind is OpKind.SEND:
+        c.execute(
+            "DELETE FROM messages WHERE sender = ? AND op_id = ? AND id IS NULL", (me, op_id)
+        )
+    elif item.kind is OpKind.CREATE_CONVERSATION:
+        cid = item.conversation_id
+        if c.execute("SELECT pending FROM conversations WHERE id = ?", (cid,)).fetchone() == (1,):
+            c.execute("DELETE FROM members WHERE conversation_id = ?", (cid,))
+            c.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+    return item
 
 
 def recover_sending(c: Any, now: float) -> int:

@@ -245,6 +245,14 @@ class Store:
         """
         return self._write(outbox.requeue, self.user, op_ids, self._clock())
 
+    def cancel(self, op_id: str) -> OutboxItem:
+        """Delete an unsent operation and its local echo (see ``core/cancel.py``); returns it.
+
+        Raises:
+            NotFound: no such operation. UsageError: it cannot be cancelled (the reason why).
+        """
+        return self._write(outbox.cancel, self.user, op_id)
+
     def recover_sending(self) -> int:
         """At start-up of the syncing process: items left SENDING by a crash become PENDING,
         to be pushed again with the same op id, deduplicated by the server (G2). Returns how
@@ -416,8 +424,7 @@ class Store:
         return self._read(queries.message_by_op, self.user, op_id)
 
     def message(self, message_id: str) -> Message | None:
-        """The message named by its server id, or by the op id of this user's send (a local
-        echo not yet acknowledged, or its server copy); None when neither is stored."""
+        """A message by server id, or by the op id of this user's send; None if not stored."""
         found = self._read(queries.message_by_id, message_id)
         return found if found is not None else self.message_by_op(message_id)
 

@@ -1,0 +1,113 @@
+"""Issue 18's chat operations through the public API: by message id, and cancel.
+
+The decision of what may be cancelled is pure (``core/cancel.py``) and tested without a
+socket; the rest runs two engines against the reference server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import ConnectionState, NotFound, UsageError
+from syncengine.core.cancel import cancel_refusal
+from syncengine.core.sync import OUTBOX_TRANSITIONS
+from syncengine.models import OpKind, OutboxState
+from syncengine.store import Store
+from tests.test_engine import bodies, eventually, server_bodies
+
+P, SENDING, SENT, F = (
+    OutboxState.PENDING,
+    OutboxState.SENDING,
+    OutboxState.SENT,
+    OutboxState.FAILED,
+)
+
+
+# --- the decision, sans I/O -------------------------------------------------------------
+
+
+def test_only_what_the_server_cannot_have_applied_is_cancellable() -> None:
+    assert cancel_refusal(OpKind.SEND, P, 0, 0) is None  # never left this device
+    assert cancel_refusal(OpKind.SEND, F, 3, 0) is None  # refused: nothing applied
+    assert cancel_refusal(OpKind.CREATE_CONVERSATION, P, 0, 0) is None
+    assert "already sent" in str(cancel_refusal(OpKind.SEND, SENT, 1, 0))
+    assert "being sent" in str(cancel_refusal(OpKind.SEND, SENDING, 1, 0))
+    # Pushed once without an answer: the server may have applied it (a lost ack).
+    assert "may have applied" in str(cancel_refusal(OpKind.SEND, P, 1, 0))
+    for kind in (OpKind.EDIT, OpKind.DELETE, OpKind.MARK_READ):
+        assert "queue another" in str(cancel_refusal(kind, P, 0, 0))
+    assert "cancel them first" in str(cancel_refusal(OpKind.CREATE_CONVERSATION, P, 0, 2))
+
+
+def test_a_cancel_is_a_deletion_not_an_outbox_state() -> None:
+    # No state means "cancelled" and no move leads out of the table for it: the row goes.
+    assert {s for pair in OUTBOX_TRANSITIONS for s in pair} == set(OutboxState)
+    assert len(OutboxState) == 4
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+def test_cancel_removes_the_row_and_its_echo(tmp_path: Path) -> None:
+    with Store(tmp_path / "a.db") as store:
+        store.set_account(server="http://127.0.0.1:1", user="alice", device="d")
+        conv, _ = store.enqueue(OpKind.CREATE_CONVERSATION, "c" * 8, {"title": "t"})
+        kept, _ = store.enqueue(OpKind.SEND, conv.conversation_id, {"body": "keep"})
+        gone, _ = store.enqueue(OpKind.SEND, conv.conversation_id, {"body": "gone"})
+        with pytest.raises(UsageError, match="depend on it"):
+            store.cancel(conv.op_id)  # two sends are queued into it
+        assert store.cancel(gone.op_id).op_id == gone.op_id
+        assert store.outbox_item(gone.op_id) is None and store.message_by_op(gone.op_id) is None
+        assert [m.body for m in store.messages(conv.conversation_id)] == ["keep"]
+        with pytest.raises(NotFound):
+            store.cancel(gone.op_id)
+        edit, _ = store.enqueue(
+            OpKind.EDIT, conv.conversation_id, {"body": "kept", "target_op_id": kept.op_id}
+        )
+        with pytest.raises(UsageError, match="depend on it"):
+            store.cancel(kept.op_id)  # the edit names it
+        with pytest.raises(UsageError, match="queue another"):
+            store.cancel(edit.op_id)
+        # Claimed once: the push may have reached the server.
+        claimed = {i.op_id for i in store.claim()}
+        assert conv.op_id in claimed
+        store.mark_retry(claimed, "unavailable", 0.0)
+        with pytest.raises(UsageError, match="may have applied"):
+            store.cancel(conv.op_id)
+
+
+# --- two engines, offline -----------------------------------------------------------------
+
+
+async def test_cancel_offline_then_both_stores_converge(make_engine: Any, server: Any) -> None:
+    alice = await make_engine("alice")
+    bob = await make_engine("bob")
+    conv = await alice.create_conversation("Cancel", members=["bob"])
+    assert await alice.wait_for_pending(10)
+    await server.stop()
+    await eventually(lambda: alice.state is not ConnectionState.LIVE)
+    keep = await alice.send(conv.id, "keep")
+    gone = await alice.send(conv.id, "changed my mind")
+    draft = await alice.create_conversation("Never mind", members=["bob"])
+    assert bodies(alice, conv.id) == ["keep", "changed my mind"]
+    assert gone.op_id is not None
+    cancelled = await alice.cancel(gone.op_id)
+    assert cancelled.kind is OpKind.SEND
+    draft_op = [i for i in alice.store.outbox() if i.conversation_id == draft.id][0]
+    await alice.cancel(draft_op.op_id)
+    assert bodies(alice, conv.id) == ["keep"]
+    assert not alice.store.has_conversation(draft.id)
+    await server.start()
+    assert await alice.wait_for_pending(15)
+    await eventually(lambda: bodies(bob, conv.id) == ["keep"], timeout=15)
+    assert server_bodies(server, conv.id) == ["keep"] == bodies(alice, conv.id)
+    assert not bob.store.has_conversation(draft.id)
+    assert server.state.snapshot(draft.id, "alice") is None
+    # Sent and acknowledged: a clear refusal, nothing changes.
+    assert keep.op_id is not None
+    with pytest.raises(UsageError, match="already sent"):
+        await alice.cancel(keep.op_id)
+    assert bodies(alice, conv.id) == ["keep"]
