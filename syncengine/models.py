@@ -59,6 +59,8 @@ class OpKind(enum.StrEnum):
     DELETE = "delete"
     MARK_READ = "mark_read"
     CREATE_CONVERSATION = "create_conversation"
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
 
 
 class OutboxState(enum.StrEnum):

@@ -111,3 +111,41 @@ async def test_cancel_offline_then_both_stores_converge(make_engine: Any, server
     with pytest.raises(UsageError, match="already sent"):
         await alice.cancel(keep.op_id)
     assert bodies(alice, conv.id) == ["keep"]
+
+
+async def test_members_added_and_removed_offline_converge(make_engine: Any, server: Any) -> None:
+    alice = await make_engine("alice")
+    bob = await make_engine("bob")
+    carol = await make_engine("carol")
+    conv = await alice.create_conversation("Members", members=["bob"])
+    await alice.send(conv.id, "before")
+    assert await alice.wait_for_pending(10)
+    await server.stop()
+    await eventually(lambda: alice.state is not ConnectionState.LIVE)
+    added = await alice.add_members(conv.id, ["carol"])
+    removed = await alice.remove_members(conv.id, ["bob"])
+    assert [i.kind for i in added + removed] == [OpKind.ADD_MEMBER, OpKind.REMOVE_MEMBER]
+    with pytest.raises(UsageError):
+        await alice.add_members(conv.id, ["not a name"])
+    await server.start()
+    assert await alice.wait_for_pending(15)
+    assert server.state.members(conv.id) == ("alice", "carol")
+
+    def members(engine: Any) -> tuple[str, ...]:
+        try:
+            return tuple(engine.store.conversation(conv.id).members)
+        except NotFound:  # a conversation one has left is no longer listed
+            return ()
+
+    await eventually(lambda: members(alice) == members(carol) == ("alice", "carol"), timeout=15)
+    # A new member's live stream starts at the addition; older messages come from history.
+    page = await carol.messages(conv.id)
+    assert [m.body for m in page.messages] == ["before"]
+    await eventually(lambda: members(bob) == (), timeout=15)
+    assert conv.id not in {c.id for c in await bob.conversations()}
+    # Replayed after a lost answer: the same op ids apply nothing twice.
+    head = server.state.head
+    for item in added + removed:
+        alice.store.enqueue(item.kind, item.conversation_id, item.payload, op_id=item.op_id)
+    assert await alice.wait_for_pending(5)
+    assert server.state.head == head

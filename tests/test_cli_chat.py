@@ -125,3 +125,35 @@ def test_cancel_a_queued_send_and_refuse_a_sent_one(alice: Path, srv: ServerThre
     last = str(cli_json(alice, "send", cid, "x")["op_id"])  # type: ignore[index]
     human = invoke("--db", str(alice), "cancel", last)
     assert human.exit_code == 0 and human.stdout.startswith("Cancelled send: ")
+
+
+def test_members_add_and_remove_from_the_cli(
+    alice: Path, bob: Path, srv: ServerThread, tmp_path: Path
+) -> None:
+    carol = tmp_path / "carol.db"
+    login(carol, srv.url, "carol")
+    cid = new_conversation(alice, "bob", title="Team")
+    cli_json(alice, "sync")
+    shown = cli_json(alice, "members", cid)
+    assert shown == {"id": cid, "members": ["alice", "bob"], "queued": []}
+    # Queued offline (nothing synced yet): the store shows members as the server has them.
+    add = ("--add", "carol", "--add", "nobody", "--remove", "bob")
+    doc = cli_json(alice, "members", cid[:30], *add)
+    assert isinstance(doc, dict) and len(doc["queued"]) == 3
+    assert doc["members"] == ["alice", "bob"]
+    cli_json(alice, "sync")
+    assert srv.state.members(cid) == ("alice", "carol")
+    assert cli_json(alice, "members", cid)["members"] == ["alice", "carol"]  # type: ignore[index]
+    failed = cli_json(alice, "outbox", "--state", "failed")
+    assert isinstance(failed, list)
+    assert [(i["kind"], str(i["last_error"]).split(":")[0]) for i in failed] == [
+        ("add_member", "unknown_user")
+    ]
+    cli_json(carol, "sync")
+    convs = cli_json(carol, "conversations")
+    assert isinstance(convs, list) and cid in {c["id"] for c in convs}
+    cli_json(bob, "sync")
+    bobs = cli_json(bob, "conversations")
+    assert isinstance(bobs, list) and cid not in {c["id"] for c in bobs}
+    human = invoke("--db", str(alice), "members", cid)
+    assert human.exit_code == 0 and human.stdout.strip() == "alice, carol"

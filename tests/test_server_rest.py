@@ -785,3 +785,36 @@ async def test_unknown_members_are_refused_per_operation(tmp_path: Path) -> None
             f"/v1/conversations/{ok}/members", json={"user": "carol"}, headers=api.auth("alice")
         )
         assert known.status_code == 200 and api.state.members(ok) == ("alice", "bob", "carol")
+
+
+async def test_member_operations_are_idempotent_and_refused_per_operation(tmp_path: Path) -> None:
+    async with open_api("asgi", tmp_path, refuse_unknown_members=True) as api:
+        for user in ("alice", "bob", "carol"):
+            await api.login(user)
+        cid = await api.create("alice", ["bob"])
+        head = api.state.head
+
+        def op(op_id: str, kind: str, user: str) -> dict[str, Any]:
+            return {"op_id": op_id, "kind": kind, "conversation_id": cid, "user": user}
+
+        results = await api.ops(
+            "alice",
+            op("a1", "add_member", "carol"),
+            op("a2", "add_member", "carol"),  # already a member: no event
+            op("a3", "add_member", "ghost"),
+            op("r1", "remove_member", "bob"),
+        )
+        assert [(r["status"], r.get("code")) for r in results] == [
+            ("applied", None),
+            ("applied", None),
+            ("rejected", "unknown_user"),
+            ("applied", None),
+        ]
+        assert results[0]["pos"] == head + 1 and results[3]["pos"] == head + 2
+        assert results[1].get("pos") is None
+        assert api.state.members(cid) == ("alice", "carol")
+        again = await api.ops("alice", op("a1", "add_member", "carol"))
+        assert again[0]["status"] == "duplicate" and again[0]["pos"] == head + 1
+        assert api.state.head == head + 2  # a replay appends nothing
+        outsider = await api.ops("bob", op("b1", "add_member", "bob"))
+        assert (outsider[0]["status"], outsider[0]["code"]) == ("rejected", "not_found")

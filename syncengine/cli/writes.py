@@ -1,4 +1,5 @@
-"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``cancel``, ``retry``.
+"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``members``, ``cancel``,
+``retry``.
 
 They queue through the engine's public API (:mod:`syncengine.local.writes`) and return;
 whichever process syncs the store (the daemon, or a later ``syncengine sync``) pushes them.
@@ -14,7 +15,7 @@ from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
 from syncengine.clickutil import OneLineCommand, OneLineUsageError
 
-__all__ = ["cancel", "create", "delete", "edit", "read", "retry", "send"]
+__all__ = ["cancel", "create", "delete", "edit", "members", "read", "retry", "send"]
 
 
 @click.command(cls=OneLineCommand, short_help="Queue a new conversation (works offline).")
@@ -177,6 +178,37 @@ def cancel(ctx: click.Context, op_id: str) -> None:
         emit_json({"cancelled": item.op_id, "kind": item.kind.value})
     else:
         console().print(f"Cancelled {item.kind.value}: {item.op_id}")
+
+
+@click.command(cls=OneLineCommand, short_help="Show, add or remove members (works offline).")
+@click.argument("conversation_id")
+@click.option("--add", "add", multiple=True, metavar="USER", help="Add USER (repeatable).")
+@click.option(
+    "--remove", "remove", multiple=True, metavar="USER", help="Remove USER (repeatable)."
+)
+@click.pass_context
+def members(
+    ctx: click.Context, conversation_id: str, add: Sequence[str], remove: Sequence[str]
+) -> None:
+    """Show a conversation's members; queue additions and removals (works offline).
+
+    CONVERSATION_ID may be a unique prefix. The members shown are the store's: a change
+    appears once the server has applied it (after the next sync); a user the server does
+    not know fails with 'unknown_user' (see 'outbox').
+    """
+    from syncengine.local import change_members, open_store, resolve_conversation
+
+    st = state(ctx)
+    conversation_id = resolve_conversation(st.db, conversation_id)
+    queued = run(change_members(st.db, conversation_id, add, remove)) if add or remove else []
+    with open_store(st.db) as store:
+        now = list(store.conversation(conversation_id).members)
+    if st.json:
+        emit_json({"id": conversation_id, "members": now, "queued": [i.op_id for i in queued]})
+        return
+    console().print(", ".join(now))
+    for item in queued:
+        console().print(f"Queued {item.kind.value} {item.payload['user']}: {item.op_id}")
 
 
 def _queued(as_json: bool, op_id: str, what: str) -> None:

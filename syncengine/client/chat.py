@@ -8,6 +8,7 @@ outbox operation, durable before it returns and pushed when the server can be re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from syncengine.errors import NotFound
@@ -97,3 +98,50 @@ class ChatMixin:
                 on it (cancel those first).
         """
         return self.store.cancel(op_id)
+
+    async def add_members(
+        self: _Engine, conversation_id: str, users: Sequence[str]
+    ) -> list[OutboxItem]:
+        """Queue adding each of ``users`` to a conversation (one ``add_member`` each).
+
+        The members list in the store changes when the server's ``conversation_updated``
+        arrives (a member the server refuses, such as an unknown user, never shows up).
+
+        Args:
+            conversation_id: the conversation (you must be a member).
+            users: user names; adding a member again changes nothing.
+
+        Returns:
+            The queued operations, in order.
+
+        Raises:
+            NotFound: the conversation is not in the store.
+            UsageError: a malformed user name (nothing is queued after it).
+        """
+        return [
+            self._queue(OpKind.ADD_MEMBER, conversation_id, {"user": user}, None) for user in users
+        ]
+
+    async def remove_members(
+        self: _Engine, conversation_id: str, users: Sequence[str]
+    ) -> list[OutboxItem]:
+        """Queue removing each of ``users`` from a conversation (one ``remove_member`` each).
+
+        Removing yourself leaves the conversation. The store follows the server's
+        ``conversation_updated``.
+
+        Args:
+            conversation_id: the conversation (you must be a member).
+            users: user names; removing a non-member changes nothing.
+
+        Returns:
+            The queued operations, in order.
+
+        Raises:
+            NotFound: the conversation is not in the store.
+            UsageError: a malformed user name (nothing is queued after it).
+        """
+        return [
+            self._queue(OpKind.REMOVE_MEMBER, conversation_id, {"user": user}, None)
+            for user in users
+        ]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from syncengine.local.writes import (
         cancel_operation,
+        change_members,
         offline_engine,
         queue_conversation,
         queue_delete,
@@ -62,6 +63,7 @@ __all__ = [
     "SyncOutcome",
     "SyncProgress",
     "cancel_operation",
+    "change_members",
     "check_acknowledged",
     "daemon_info",
     "effective_state",
@@ -104,6 +106,7 @@ _WHERE: dict[str, str] = {
     "SyncOutcome": "syncengine.local.sync",
     "SyncProgress": "syncengine.local.sync",
     "cancel_operation": "syncengine.local.writes",
+    "change_members": "syncengine.local.writes",
     "check_acknowledged": "syncengine.local.ack",
     "daemon_info": "syncengine.local.lock",
     "effective_state": "syncengine.local.status",

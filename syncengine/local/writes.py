@@ -19,6 +19,7 @@ from syncengine.store import Store
 
 __all__ = [
     "cancel_operation",
+    "change_members",
     "offline_engine",
     "queue_conversation",
     "queue_delete",
@@ -104,6 +105,22 @@ async def cancel_operation(db: str | os.PathLike[str], op_id: str) -> OutboxItem
     """
     async with offline_engine(db) as engine:
         return await engine.cancel(op_id)
+
+
+async def change_members(
+    db: str | os.PathLike[str],
+    conversation_id: str,
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+) -> list[OutboxItem]:
+    """Queue member additions, then removals; returns the queued operations.
+
+    Raises:
+        NotFound: the conversation is not in the store. UsageError: a malformed user name.
+    """
+    async with offline_engine(db) as engine:
+        added = await engine.add_members(conversation_id, list(add))
+        return added + await engine.remove_members(conversation_id, list(remove))
 
 
 async def requeue(db: str | os.PathLike[str], op_ids: Sequence[str] | None = None) -> list[str]:

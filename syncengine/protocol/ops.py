@@ -37,6 +37,7 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_OP_ID_CHARS",
     "MAX_TITLE_CHARS",
+    "MEMBER_KINDS",
     "OP_FIELDS",
     "PULL_LIMIT_DEFAULT",
     "PULL_LIMIT_MAX",
@@ -44,6 +45,7 @@ __all__ = [
     "DeleteOp",
     "EditOp",
     "MarkReadOp",
+    "MemberOp",
     "Op",
     "SendOp",
     "check_conversation_id",
@@ -90,6 +92,7 @@ OP_FIELDS = (
     "seq",
     "title",
     "members",
+    "user",
 )
 
 
@@ -237,7 +240,20 @@ class CreateConversationOp:
     members: tuple[str, ...]
 
 
-Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp
+@attrs.frozen(kw_only=True)
+class MemberOp:
+    """Add (``present``) or remove ``user`` as a member of a conversation."""
+
+    op_id: str
+    conversation_id: str
+    user: str
+    present: bool
+
+
+Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp | MemberOp
+
+#: The member operations and whether each one makes its ``user`` a member.
+MEMBER_KINDS = {"add_member": True, "remove_member": False}
 
 
 # --- the server's reading -----------------------------------------------------------------
@@ -308,6 +324,13 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
         if type(seq) is not int or seq < 0:
             raise Invalid("seq must be a non-negative integer")
         return MarkReadOp(op_id=op_id, conversation_id=conversation_id, seq=seq)
+    if kind in MEMBER_KINDS:
+        return MemberOp(
+            op_id=op_id,
+            conversation_id=conversation_id,
+            user=check_user(raw.get("user")),
+            present=MEMBER_KINDS[kind],
+        )
     raise Invalid(f"unknown operation kind {kind!r}")
 
 
@@ -425,6 +448,10 @@ def validate_op(kind: OpKind | str, conversation_id: str, payload: Mapping[str, 
             raise UsageError("seq must be a non-negative 64-bit integer")
     if kind is OpKind.CREATE_CONVERSATION:
         _validate_creation(payload)
+    if kind.value in MEMBER_KINDS:
+        user = payload.get("user")
+        if not isinstance(user, str) or not _USER_RE.fullmatch(user):
+            raise UsageError(f"user {user!r} is not 1-64 characters of A-Z a-z 0-9 _ . @ -")
     try:
         # The payload travels as JSON: refuse what cannot (sets, objects, lone surrogates in
         # any string, integers beyond 64 bits) before anything is written.

@@ -29,6 +29,7 @@ from syncengine.server.storage.interface import ConversationRow, MessageRow, OpR
 __all__ = [
     "announce",
     "apply_op",
+    "change_member",
     "create_conversation",
     "rename",
     "set_member",
@@ -151,20 +152,28 @@ def set_member(
         TooLarge: a new member past the cap.
         UnknownUser: the user added has no account on this server.
     """
+    change_member(tx, actor, conversation_id, user, present=present, known_only=known_only)
+    return snapshot(tx, conversation_id, actor)
+
+
+def change_member(
+    tx: WriteTx, actor: str, conversation_id: str, user: str, *, present: bool, known_only: bool
+) -> DurableEvent | None:
+    """:func:`set_member`'s change: the ``conversation_updated`` appended, or None."""
     rules.require_member(tx.is_member(conversation_id, actor))
     already = tx.is_member(conversation_id, user)
     if present and not already and known_only:
         rules.check_known_users(tx.unknown_users((user,)))
     if present:
         rules.check_member_cap(len(tx.members(conversation_id)), already)
-    if already != present:
-        pos = tx.head + 1
-        if present:
-            tx.add_member(conversation_id, user, pos)
-        else:
-            tx.remove_member(conversation_id, user, pos)
-        announce(tx, actor, conversation_id, extra=(user,))
-    return snapshot(tx, conversation_id, actor)
+    if already == present:
+        return None
+    pos = tx.head + 1
+    if present:
+        tx.add_member(conversation_id, user, pos)
+    else:
+        tx.remove_member(conversation_id, user, pos)
+    return announce(tx, actor, conversation_id, extra=(user,))
 
 
 # --- operations ---------------------------------------------------------------------------
@@ -209,6 +218,8 @@ def _effect(tx: WriteTx, user: str, device: str, op: ops.Op, known_only: bool) -
         return _send(tx, user, device, op, members)
     if isinstance(op, ops.MarkReadOp):
         return _mark_read(tx, user, op, members)
+    if isinstance(op, ops.MemberOp):
+        return _set_member(tx, user, op, known_only)
     message_id = _resolve_target(tx, user, device, op)
     if isinstance(op, ops.EditOp):
         return _edit(tx, user, op, message_id, members)
@@ -313,6 +324,16 @@ def _resolve_target(tx: WriteTx, user: str, device: str, op: ops.EditOp | ops.De
         editing=isinstance(op, ops.EditOp),
     )
     return message_id
+
+
+def _set_member(tx: WriteTx, actor: str, op: ops.MemberOp, known_only: bool) -> OpResult:
+    """An ``add_member`` or ``remove_member``: one ``conversation_updated`` when it changes
+    something, none when the user already is (or is not) a member."""
+    cid = op.conversation_id
+    event = change_member(tx, actor, cid, op.user, present=op.present, known_only=known_only)
+    if event is None:
+        return rules.applied(op.op_id, cid, None, None, None, tx.now_ms())
+    return rules.applied(op.op_id, cid, None, event.seq, event.pos, event.ts_ms)
 
 
 def _mark_read(tx: WriteTx, user: str, op: ops.MarkReadOp, members: tuple[str, ...]) -> OpResult:
