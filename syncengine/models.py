@@ -130,6 +130,8 @@ class Message:
         created_at: server time when stored by the server, local time while pending.
         edited_at: server time of the last edit applied, if any.
         deleted: True once a delete has been applied.
+        reply_to: the id of the message this one replies to (a server id; while both are
+            local echoes, the op id of the replied-to send), or None.
     """
 
     conversation_id: str
@@ -142,6 +144,7 @@ class Message:
     created_at: float
     edited_at: float | None = None
     deleted: bool = False
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)

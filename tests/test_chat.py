@@ -149,3 +149,38 @@ async def test_members_added_and_removed_offline_converge(make_engine: Any, serv
         alice.store.enqueue(item.kind, item.conversation_id, item.payload, op_id=item.op_id)
     assert await alice.wait_for_pending(5)
     assert server.state.head == head
+
+
+async def test_replies_offline_converge_with_the_server_id(make_engine: Any, server: Any) -> None:
+    alice = await make_engine("alice")
+    bob = await make_engine("bob")
+    conv = await alice.create_conversation("Replies", members=["bob"])
+    first = await alice.send(conv.id, "lunch?")
+    assert await alice.wait_for_pending(10)
+    await server.stop()
+    await eventually(lambda: alice.state is not ConnectionState.LIVE)
+    assert first.op_id is not None
+    acked = alice.store.message_by_op(first.op_id)
+    assert acked is not None and acked.id is not None
+    by_id = await alice.reply(conv.id, "noon?", acked.id)  # acknowledged: by server id
+    assert by_id.reply_to == acked.id
+    pending = await alice.send(conv.id, "or 1pm")
+    assert pending.op_id is not None
+    by_op = await alice.reply(conv.id, "whichever", pending.op_id)  # still pending: by op id
+    assert by_op.reply_to == pending.op_id
+    with pytest.raises(NotFound):
+        await alice.reply(conv.id, "x", "no-such-message")
+    await server.start()
+    assert await alice.wait_for_pending(15)
+    sent_pending = alice.store.message_by_op(pending.op_id)
+    assert sent_pending is not None and sent_pending.id is not None
+
+    def replies(engine: Any) -> dict[str, str | None]:
+        return {m.body: m.reply_to for m in engine.store.messages(conv.id)}
+
+    expected = {"lunch?": None, "noon?": acked.id, "or 1pm": None, "whichever": sent_pending.id}
+    await eventually(lambda: replies(alice) == replies(bob) == expected, timeout=15)
+    wire = [m for m in server.state.all_events() if m.get("type") == "message_received"]
+    assert {e["body"]: e.get("reply_to") for e in wire if e["conversation_id"] == conv.id} == {
+        **expected
+    }

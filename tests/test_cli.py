@@ -54,6 +54,7 @@ MESSAGE_KEYS = {
     "created_at",
     "edited",
     "deleted",
+    "reply_to",
 }
 OUTBOX_KEYS = {"op_id", "kind", "conversation_id", "state", "attempts", "last_error", "created_at"}
 SYNC_KEYS = {"pushed", "pulled", "cursor", "pending", "failed", "daemon"}

@@ -157,3 +157,19 @@ def test_members_add_and_remove_from_the_cli(
     assert isinstance(bobs, list) and cid not in {c["id"] for c in bobs}
     human = invoke("--db", str(alice), "members", cid)
     assert human.exit_code == 0 and human.stdout.strip() == "alice, carol"
+
+
+def test_send_reply_to_shows_in_both_stores(alice: Path, bob: Path) -> None:
+    cid = new_conversation(alice, "bob", title="Replies")
+    first = str(cli_json(alice, "send", cid, "question")["op_id"])  # type: ignore[index]
+    cli_json(alice, "send", cid, "answer", "--reply-to", first)  # pending: by op id
+    assert by_body(alice, cid)["answer"]["reply_to"] == first
+    cli_json(alice, "sync")
+    cli_json(bob, "sync")
+    server_id = by_body(bob, cid)["question"]["id"]
+    assert by_body(bob, cid)["answer"]["reply_to"] == server_id
+    assert by_body(alice, cid)["answer"]["reply_to"] == server_id
+    assert by_body(bob, cid)["question"]["reply_to"] is None
+    assert_user_error(
+        invoke("--db", str(alice), "send", cid, "x", "--reply-to", "nosuchmessage"), "no message"
+    )

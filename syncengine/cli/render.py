@@ -142,6 +142,7 @@ def message_doc(msg: Message) -> dict[str, Any]:
         "created_at": msg.created_at,
         "edited": msg.edited_at is not None,
         "deleted": msg.deleted,
+        "reply_to": msg.reply_to,
     }
 
 

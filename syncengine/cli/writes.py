@@ -45,6 +45,13 @@ def create(ctx: click.Context, title: str, members: Sequence[str]) -> None:
     help="Read the message from this file ('-' for stdin) instead of TEXT.",
 )
 @click.option(
+    "--reply-to",
+    "reply_to",
+    metavar="MESSAGE_ID",
+    default=None,
+    help="Reply to this message (server id, or op id of a send not yet acknowledged).",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Return once the server acknowledged it (push it now unless a daemon runs).",
@@ -62,6 +69,7 @@ def send(
     conversation_id: str,
     text: str | None,
     file: str | None,
+    reply_to: str | None,
     wait: bool,
     timeout: float,
 ) -> None:
@@ -70,14 +78,14 @@ def send(
     TEXT is the message; '-' (or --file PATH) reads it from stdin (or the file), so a long
     message need not fit on the command line. CONVERSATION_ID may be a unique prefix. A
     message is 1 to 16,000 characters (UTF-8 text). With --wait, exit 1 if it is not
-    acknowledged in time; it stays queued either way.
+    acknowledged in time; it stays queued either way. --reply-to MESSAGE_ID makes it a reply.
     """
     from syncengine.local import queue_send, resolve_conversation, wait_acknowledged
 
     st = state(ctx)
     body = _body(text, file)
     conversation_id = resolve_conversation(st.db, conversation_id)
-    message = run(queue_send(st.db, conversation_id, body))
+    message = run(queue_send(st.db, conversation_id, body, reply_to))
     op_id = message.op_id
     assert op_id is not None  # a local echo always carries the op id that queued it
     if wait:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from syncengine.errors import NotFound
+from syncengine.errors import NotFound, UsageError
 from syncengine.models import Message, OpKind, OutboxItem
 from syncengine.store import Store
 
@@ -27,6 +27,8 @@ class _Engine(Protocol):
     def _queue(
         self, kind: OpKind, cid: str, payload: dict[str, Any], op_id: str | None
     ) -> OutboxItem: ...
+
+    def _announce(self, message: Message) -> None: ...
 
 
 def _target(store: Store, message_id: str) -> tuple[Message, dict[str, Any]]:
@@ -48,6 +50,43 @@ def _target(store: Store, message_id: str) -> tuple[Message, dict[str, Any]]:
 
 class ChatMixin:
     """Writes named by message id; mixed into :class:`~syncengine.SyncEngine`."""
+
+    async def reply(
+        self: _Engine,
+        conversation_id: str,
+        body: str,
+        reply_to: str,
+        *,
+        op_id: str | None = None,
+    ) -> Message:
+        """Queue a message that replies to another one. Returns its local echo (PENDING).
+
+        Args:
+            conversation_id: the conversation of both messages.
+            body: the reply (1 to 16,000 characters).
+            reply_to: the replied-to message: its server id, or the op id of a send not yet
+                acknowledged (the server resolves it after that send).
+            op_id: an idempotency key (sending again with it queues nothing).
+
+        Raises:
+            NotFound: no such message in that conversation.
+            UsageError: an empty or too long body, or an op id used by another operation.
+        """
+        message, target = _target(self.store, reply_to)
+        if message.conversation_id != conversation_id:
+            raise NotFound(f"no message {reply_to} in conversation {conversation_id}")
+        payload = {"body": body}
+        if "message_id" in target:
+            payload["reply_to"] = target["message_id"]
+        else:
+            payload["reply_to_op_id"] = target["target_op_id"]
+        item, created = self.store.enqueue(OpKind.SEND, conversation_id, payload, op_id=op_id)
+        echo = self.store.message_by_op(item.op_id)
+        if echo is None:  # the op id exists but is not a send
+            raise UsageError(f"op id {item.op_id} is already used by a {item.kind.value}")
+        if created:
+            self._announce(echo)
+        return echo
 
     async def edit_message(
         self: _Engine, message_id: str, body: str, *, op_id: str | None = None

@@ -258,9 +258,12 @@ class SyncEngine(ChatMixin):
         if message is None:  # the op exists but is not a send
             raise UsageError(f"op id {item.op_id} is already used by a {item.kind.value}")
         if created:
-            self._bus.emit(MessageQueued(message=message))
-            self._session.kick()
+            self._announce(message)
         return message
+
+    def _announce(self, message: Message) -> None:
+        self._bus.emit(MessageQueued(message=message))
+        self._session.kick()
 
     async def edit(
         self,

@@ -49,13 +49,18 @@ async def offline_engine(db: str | os.PathLike[str], **options: Any) -> AsyncIte
         yield engine
 
 
-async def queue_send(db: str | os.PathLike[str], conversation_id: str, body: str) -> Message:
-    """Queue a message; returns its local echo (PENDING) once durably queued.
+async def queue_send(
+    db: str | os.PathLike[str], conversation_id: str, body: str, reply_to: str | None = None
+) -> Message:
+    """Queue a message, maybe replying to ``reply_to`` (a server id, or the op id of an
+    unacknowledged send); returns its local echo (PENDING) once durably queued.
 
     Raises:
-        UsageError: empty or too long body. NotFound: unknown conversation.
+        UsageError: empty or too long body. NotFound: unknown conversation or message.
     """
     async with offline_engine(db) as engine:
+        if reply_to is not None:
+            return await engine.reply(conversation_id, body, reply_to)
         return await engine.send(conversation_id, body)
 
 

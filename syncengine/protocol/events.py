@@ -83,6 +83,9 @@ class MessageReceived(DurableEvent):
     op_id: str | None = None
     sender: str
     body: str
+    #: The server id of the message this one replies to (left out of the frame when None,
+    #: so a message that is not a reply keeps its v1 bytes).
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)

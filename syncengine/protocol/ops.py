@@ -93,6 +93,8 @@ OP_FIELDS = (
     "title",
     "members",
     "user",
+    "reply_to",
+    "reply_to_op_id",
 )
 
 
@@ -193,11 +195,15 @@ def _check_op_ref(value: Any, what: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class SendOp:
-    """Send a message."""
+    """Send a message, maybe as a reply: to ``reply_to`` (a server message id) or to the
+    message sent by this user and device's op ``reply_to_op_id`` (not yet acknowledged when
+    it was queued)."""
 
     op_id: str
     conversation_id: str
     body: str
+    reply_to: str | None = None
+    reply_to_op_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -314,8 +320,19 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
     if not isinstance(conversation_id, str):
         raise Invalid("conversation_id must be a string")
     if kind == "send":
+        reply_to, reply_to_op_id = raw.get("reply_to"), raw.get("reply_to_op_id")
+        if reply_to is not None and not isinstance(reply_to, str):
+            raise Invalid("reply_to must be a message id")
+        if reply_to_op_id is not None:
+            reply_to_op_id = _check_op_ref(reply_to_op_id, "reply_to_op_id")
+        if reply_to is not None and reply_to_op_id is not None:
+            raise Invalid("give at most one of reply_to and reply_to_op_id")
         return SendOp(
-            op_id=op_id, conversation_id=conversation_id, body=_check_body(raw.get("body"))
+            op_id=op_id,
+            conversation_id=conversation_id,
+            body=_check_body(raw.get("body")),
+            reply_to=reply_to,
+            reply_to_op_id=reply_to_op_id,
         )
     if kind in ("edit", "delete"):
         return _parse_change(raw, kind, op_id, conversation_id)
@@ -438,6 +455,8 @@ def validate_op(kind: OpKind | str, conversation_id: str, payload: Mapping[str, 
     check_text(conversation_id, "conversation_id")
     if kind in (OpKind.SEND, OpKind.EDIT):
         _validate_body(payload.get("body"))
+    if kind is OpKind.SEND and payload.get("reply_to") and payload.get("reply_to_op_id"):
+        raise UsageError("give at most one of reply_to and reply_to_op_id")
     if kind in (OpKind.EDIT, OpKind.DELETE) and not (
         payload.get("message_id") or payload.get("target_op_id")
     ):

@@ -45,6 +45,7 @@ __all__ = [
     "check_password",
     "check_query_int",
     "check_recreation",
+    "check_reply_target",
     "check_target",
     "creation_origin",
     "hash_password",
@@ -153,6 +154,22 @@ def target_message_id(kind: str | None, result_message_id: str | None) -> str:
     if kind != "send" or result_message_id is None:
         raise NotFound("no such message")
     return result_message_id
+
+
+def check_reply_target(found_conversation: str | None, conversation_id: str) -> None:
+    """Check the message a reply names: it must be in the same conversation. A deleted
+    message may still be replied to (the reply was likely written before the deletion).
+
+    Args:
+        found_conversation: the replied-to message's conversation, or None when unknown.
+        conversation_id: the reply's conversation.
+
+    Raises:
+        NotFound: an unknown message, or one of another conversation (whose existence the
+            sender may not know).
+    """
+    if found_conversation != conversation_id:
+        raise NotFound("no such message to reply to")
 
 
 def check_target(

@@ -230,6 +230,7 @@ def _send(
     tx: WriteTx, user: str, device: str, op: ops.SendOp, members: tuple[str, ...]
 ) -> OpResult:
     cid = op.conversation_id
+    reply_to = _reply_target(tx, user, device, op)
     message_id = new_id(tx.now_ms() / 1000)
     event = tx.append(
         cid,
@@ -242,6 +243,7 @@ def _send(
             op_id=op.op_id,
             sender=user,
             body=op.body,
+            reply_to=reply_to,
         ),
         members,
     )
@@ -260,6 +262,22 @@ def _send(
         )
     )
     return rules.applied(op.op_id, cid, message_id, event.seq, event.pos, event.ts_ms)
+
+
+def _reply_target(tx: WriteTx, user: str, device: str, op: ops.SendOp) -> str | None:
+    """The server id of the message a send replies to (None: not a reply)."""
+    message_id = op.reply_to
+    if op.reply_to_op_id is not None:
+        record = tx.op_record(user, device, op.reply_to_op_id)
+        message_id = rules.target_message_id(
+            None if record is None else record.kind,
+            None if record is None else record.result.message_id,
+        )
+    if message_id is None:
+        return None
+    found = tx.message(message_id)
+    rules.check_reply_target(None if found is None else found.conversation_id, op.conversation_id)
+    return message_id
 
 
 def _edit(

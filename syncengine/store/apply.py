@@ -65,6 +65,7 @@ class SortedPage:
         "own",
         "reads_me",
         "reads_other",
+        "replies",
         "result",
         "updates",
     )
@@ -79,6 +80,7 @@ class SortedPage:
         self.reads_me: list[tuple[Any, ...]] = []
         self.reads_other: list[tuple[Any, ...]] = []
         self.updates: list[ConversationUpdated] = []
+        self.replies: list[tuple[str, str]] = []
 
 
 def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
@@ -105,6 +107,8 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
                 if ev.op_id is not None and ev.sender == me:
                     own.append((ev.message_id, ev.seq, created, me, ev.op_id))
                     confirmed.append(ev.op_id)
+                if ev.reply_to is not None:
+                    page.replies.append((ev.reply_to, ev.message_id))
             elif isinstance(ev, MessageUpdated):
                 edits.append((ev.message_id, ev.body, ev.seq, ev.ts_ms / 1000))
             elif isinstance(ev, MessageDeleted):
@@ -173,6 +177,10 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
             "created_at) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING",
             page.inserts,
         )
+    if page.replies:
+        # After the inserts and promotions: the server's id of the replied-to message
+        # replaces whatever a local echo held (the op id of a send still pending then).
+        c.executemany("UPDATE messages SET reply_to = ? WHERE id = ?", page.replies)
     if page.edits:
         c.executemany(
             "INSERT INTO message_patches(message_id, body, edit_seq, edited_at) "

@@ -220,10 +220,11 @@ def local_effect(
     if c.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone() is None:
         raise NotFound(f"no conversation {cid} in the store")
     if kind is OpKind.SEND:
+        reply_to = payload.get("reply_to") or payload.get("reply_to_op_id")
         c.execute(
-            "INSERT INTO messages(conversation_id, op_id, sender, body, state, created_at) "
-            "VALUES (?, ?, ?, ?, 'pending', ?)",
-            (cid, op_id, me, payload["body"], now),
+            "INSERT INTO messages(conversation_id, op_id, sender, body, state, created_at, "
+            "reply_to) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (cid, op_id, me, payload["body"], now, reply_to),
         )
     elif kind in (OpKind.EDIT, OpKind.DELETE):
         _patch_target(c, me, kind, cid, payload, now)

@@ -32,7 +32,7 @@ STREAM = "events"
 _MESSAGE_COLUMNS = """
     m.conversation_id, m.op_id, m.id, m.seq, m.sender,
     CASE WHEN p.deleted = 1 THEN '' WHEN p.body IS NOT NULL THEN p.body ELSE m.body END,
-    m.state, m.created_at, p.edited_at, COALESCE(p.deleted, 0)
+    m.state, m.created_at, p.edited_at, COALESCE(p.deleted, 0), m.reply_to
 """
 _FROM_MESSAGES = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN message_patches p ON p.message_id = m.id "
@@ -63,6 +63,7 @@ def _message(row: Sequence[Any]) -> Message:
         created_at=row[7],
         edited_at=row[8],
         deleted=bool(row[9]),
+        reply_to=row[10],
     )
 
 

@@ -122,5 +122,12 @@ def _initial(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_replies")
+def _replies(db: Database) -> None:
+    # The server id a message replies to; for a local echo replying to a message still
+    # pending, the op id of that message's send (replaced by the server id on confirmation).
+    db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)
