@@ -59,6 +59,7 @@ class OpKind(enum.StrEnum):
     DELETE = "delete"
     MARK_READ = "mark_read"
     CREATE_CONVERSATION = "create_conversation"
+    REACT = "react"
     ADD_MEMBER = "add_member"
     REMOVE_MEMBER = "remove_member"
 
@@ -132,6 +133,7 @@ class Message:
         deleted: True once a delete has been applied.
         reply_to: the id of the message this one replies to (a server id; while both are
             local echoes, the op id of the replied-to send), or None.
+        reactions: per emoji, the users who reacted with it, sorted.
     """
 
     conversation_id: str
@@ -145,6 +147,7 @@ class Message:
     edited_at: float | None = None
     deleted: bool = False
     reply_to: str | None = None
+    reactions: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from syncengine import ConnectionState, NotFound, UsageError
+from syncengine import ConnectionState, NotFound, SyncEngine, UsageError
 from syncengine.core.cancel import cancel_refusal
 from syncengine.core.sync import OUTBOX_TRANSITIONS
 from syncengine.models import OpKind, OutboxState
 from syncengine.store import Store
+from tests.conftest import FAST
 from tests.test_engine import bodies, eventually, server_bodies
 
 P, SENDING, SENT, F = (
@@ -184,3 +185,44 @@ async def test_replies_offline_converge_with_the_server_id(make_engine: Any, ser
     assert {e["body"]: e.get("reply_to") for e in wire if e["conversation_id"] == conv.id} == {
         **expected
     }
+
+
+async def test_reactions_offline_converge_without_loss_or_doubles(
+    make_engine: Any, server: Any, tmp_path: Path
+) -> None:
+    alice = await make_engine("alice")
+    bob = await make_engine("bob")
+    conv = await alice.create_conversation("Reactions", members=["bob"])
+    sent = await alice.send(conv.id, "pizza?")
+    assert await alice.wait_for_pending(10) and sent.op_id is not None
+    acked = alice.store.message_by_op(sent.op_id)
+    assert acked is not None and acked.id is not None
+    await eventually(lambda: bodies(bob, conv.id) == ["pizza?"])
+    await server.stop()
+    await eventually(lambda: bob.state is not ConnectionState.LIVE)
+    await eventually(lambda: alice.state is not ConnectionState.LIVE)
+    # Offline, both react; bob changes his mind about one; alice reacts twice with the same.
+    await bob.react(acked.id, "+1")
+    await bob.react(acked.id, "pizza")
+    await bob.react(acked.id, "pizza", remove=True)
+    await alice.react(sent.op_id, "+1")  # her own send, named by its op id once acknowledged
+    await alice.react(acked.id, "+1")
+    assert bob.store.message(acked.id).reactions == {"+1": ("bob",)}  # shown at once
+    with pytest.raises(UsageError):
+        await alice.react(acked.id, "two words")
+    pending = await alice.send(conv.id, "not yet sent")
+    with pytest.raises(UsageError, match="not sent yet"):
+        await alice.react(str(pending.op_id), "+1")
+    await server.start()
+    assert await alice.wait_for_pending(15) and await bob.wait_for_pending(15)
+    expected = {"+1": ("alice", "bob")}
+
+    def reactions(engine: Any) -> dict[str, tuple[str, ...]]:
+        found = engine.store.message(acked.id)
+        return {} if found is None else dict(found.reactions)
+
+    await eventually(lambda: reactions(alice) == reactions(bob) == expected, timeout=15)
+    # The server's log, replayed into a fresh store in small pages, gives the same set.
+    async with SyncEngine(tmp_path / "fresh.db", **{**FAST, "page_size": 2}) as fresh:
+        await fresh.login(server.url, "alice", "alice-password")
+        await eventually(lambda: reactions(fresh) == expected, timeout=15)

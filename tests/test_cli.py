@@ -55,6 +55,7 @@ MESSAGE_KEYS = {
     "edited",
     "deleted",
     "reply_to",
+    "reactions",
 }
 OUTBOX_KEYS = {"op_id", "kind", "conversation_id", "state", "attempts", "last_error", "created_at"}
 SYNC_KEYS = {"pushed", "pulled", "cursor", "pending", "failed", "daemon"}

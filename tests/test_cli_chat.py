@@ -173,3 +173,23 @@ def test_send_reply_to_shows_in_both_stores(alice: Path, bob: Path) -> None:
     assert_user_error(
         invoke("--db", str(alice), "send", cid, "x", "--reply-to", "nosuchmessage"), "no message"
     )
+
+
+def test_react_and_take_it_back(alice: Path, bob: Path) -> None:
+    cid = new_conversation(alice, "bob", title="React")
+    cli_json(alice, "send", cid, "ship it?")
+    cli_json(alice, "sync")
+    cli_json(bob, "sync")
+    message_id = str(by_body(bob, cid)["ship it?"]["id"])
+    assert by_body(bob, cid)["ship it?"]["reactions"] == {}
+    assert set(cli_json(bob, "react", message_id, "+1")) == {"op_id"}  # type: ignore[arg-type]
+    cli_json(bob, "react", message_id, "rocket")
+    cli_json(bob, "react", message_id, "rocket", "--remove")
+    assert by_body(bob, cid)["ship it?"]["reactions"] == {"+1": ["bob"]}
+    cli_json(bob, "sync")
+    cli_json(alice, "react", message_id, "+1")
+    cli_json(alice, "sync")
+    cli_json(bob, "sync")
+    assert by_body(alice, cid)["ship it?"]["reactions"] == {"+1": ["alice", "bob"]}
+    assert by_body(bob, cid)["ship it?"]["reactions"] == {"+1": ["alice", "bob"]}
+    assert_user_error(invoke("--db", str(bob), "react", message_id, "a b"), "whitespace")

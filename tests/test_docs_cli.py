@@ -30,6 +30,7 @@ JSON_KEYS: dict[str, set[str]] = {
     "delete": {"op_id"},
     "read": {"op_id"},
     "cancel": {"cancelled", "kind"},
+    "react": {"op_id"},
     "members": {"id", "members", "queued"},
     "messages": MESSAGE_KEYS,
     "outbox": OUTBOX_KEYS,

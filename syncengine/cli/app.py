@@ -12,7 +12,17 @@ from syncengine.cli.context import CliGroup, State
 from syncengine.cli.reads import conversations, messages, outbox, status
 from syncengine.cli.run import daemon, demo
 from syncengine.cli.sync import sync, tail
-from syncengine.cli.writes import cancel, create, delete, edit, members, read, retry, send
+from syncengine.cli.writes import (
+    cancel,
+    create,
+    delete,
+    edit,
+    members,
+    react,
+    read,
+    retry,
+    send,
+)
 from syncengine.paths import default_db_path
 
 __all__ = ["cli", "main"]
@@ -59,6 +69,7 @@ def _register() -> None:
         edit,
         delete,
         read,
+        react,
         members,
         cancel,
         retry,

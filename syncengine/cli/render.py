@@ -143,6 +143,7 @@ def message_doc(msg: Message) -> dict[str, Any]:
         "edited": msg.edited_at is not None,
         "deleted": msg.deleted,
         "reply_to": msg.reply_to,
+        "reactions": {emoji: list(users) for emoji, users in sorted(msg.reactions.items())},
     }
 
 

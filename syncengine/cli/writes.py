@@ -1,5 +1,5 @@
-"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``members``, ``cancel``,
-``retry``.
+"""Writes: ``create``, ``send``, ``edit``, ``delete``, ``read``, ``react``, ``members``,
+``cancel``, ``retry``.
 
 They queue through the engine's public API (:mod:`syncengine.local.writes`) and return;
 whichever process syncs the store (the daemon, or a later ``syncengine sync``) pushes them.
@@ -15,7 +15,7 @@ from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
 from syncengine.clickutil import OneLineCommand, OneLineUsageError
 
-__all__ = ["cancel", "create", "delete", "edit", "members", "read", "retry", "send"]
+__all__ = ["cancel", "create", "delete", "edit", "members", "react", "read", "retry", "send"]
 
 
 @click.command(cls=OneLineCommand, short_help="Queue a new conversation (works offline).")
@@ -217,6 +217,24 @@ def members(
     console().print(", ".join(now))
     for item in queued:
         console().print(f"Queued {item.kind.value} {item.payload['user']}: {item.op_id}")
+
+
+@click.command(cls=OneLineCommand, short_help="React to a message (works offline).")
+@click.argument("message_id")
+@click.argument("emoji")
+@click.option("--remove", is_flag=True, help="Take your reaction back.")
+@click.pass_context
+def react(ctx: click.Context, message_id: str, emoji: str, remove: bool) -> None:
+    """Queue your reaction EMOJI to a sent message (works offline), or take it back.
+
+    MESSAGE_ID is the server's message id (a message still pending takes no reaction yet).
+    EMOJI is 1 to 32 characters without whitespace.
+    """
+    from syncengine.local import queue_reaction
+
+    st = state(ctx)
+    item = run(queue_reaction(st.db, message_id, emoji, remove))
+    _queued(st.json, item.op_id, f"Queued reaction {'removal ' if remove else ''}{emoji}")
 
 
 def _queued(as_json: bool, op_id: str, what: str) -> None:

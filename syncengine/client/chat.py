@@ -184,3 +184,32 @@ class ChatMixin:
             self._queue(OpKind.REMOVE_MEMBER, conversation_id, {"user": user}, None)
             for user in users
         ]
+
+    async def react(
+        self: _Engine,
+        message_id: str,
+        emoji: str,
+        *,
+        remove: bool = False,
+        op_id: str | None = None,
+    ) -> OutboxItem:
+        """Queue adding (or, with ``remove``, taking back) one's reaction to a message.
+
+        Shown at once in ``Message.reactions``; the server's ``reaction_changed`` confirms it.
+
+        Args:
+            message_id: the message's server id (or the op id of one's own send, once the
+                server has acknowledged it).
+            emoji: the reaction (1 to 32 characters, no whitespace).
+            remove: take the reaction back instead of adding it.
+            op_id: an idempotency key (queueing the same op id again queues nothing).
+
+        Raises:
+            NotFound: no such message in the store.
+            UsageError: a bad emoji, or a message not yet sent (react once it is).
+        """
+        message, target = _target(self.store, message_id)
+        if "message_id" not in target:
+            raise UsageError(f"message {message_id} is not sent yet: react once it is")
+        payload = {"message_id": target["message_id"], "emoji": emoji, "remove": remove}
+        return self._queue(OpKind.REACT, message.conversation_id, payload, op_id)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from syncengine.local.writes import (
         cancel_operation,
         change_members,
+        queue_reaction,
         offline_engine,
         queue_conversation,
         queue_delete,
@@ -78,6 +79,7 @@ __all__ = [
     "queue_conversation",
     "queue_delete",
     "queue_edit",
+    "queue_reaction",
     "queue_read",
     "queue_send",
     "requeue",
@@ -121,6 +123,7 @@ _WHERE: dict[str, str] = {
     "queue_conversation": "syncengine.local.writes",
     "queue_delete": "syncengine.local.writes",
     "queue_edit": "syncengine.local.writes",
+    "queue_reaction": "syncengine.local.writes",
     "queue_read": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",

@@ -24,6 +24,7 @@ __all__ = [
     "queue_conversation",
     "queue_delete",
     "queue_edit",
+    "queue_reaction",
     "queue_read",
     "queue_send",
     "requeue",
@@ -110,6 +111,18 @@ async def cancel_operation(db: str | os.PathLike[str], op_id: str) -> OutboxItem
     """
     async with offline_engine(db) as engine:
         return await engine.cancel(op_id)
+
+
+async def queue_reaction(
+    db: str | os.PathLike[str], message_id: str, emoji: str, remove: bool = False
+) -> OutboxItem:
+    """Queue adding (or removing) one's reaction to a sent message.
+
+    Raises:
+        NotFound: no such message. UsageError: a bad emoji or a message not yet sent.
+    """
+    async with offline_engine(db) as engine:
+        return await engine.react(message_id, emoji, remove=remove)
 
 
 async def change_members(

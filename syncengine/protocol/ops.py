@@ -37,7 +37,9 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_OP_ID_CHARS",
     "MAX_TITLE_CHARS",
+    "MAX_EMOJI_CHARS",
     "MEMBER_KINDS",
+    "ReactOp",
     "OP_FIELDS",
     "PULL_LIMIT_DEFAULT",
     "PULL_LIMIT_MAX",
@@ -95,7 +97,11 @@ OP_FIELDS = (
     "user",
     "reply_to",
     "reply_to_op_id",
+    "emoji",
+    "remove",
 )
+
+MAX_EMOJI_CHARS = 32  # characters of one reaction
 
 
 # --- names and values ---------------------------------------------------------------------
@@ -256,7 +262,27 @@ class MemberOp:
     present: bool
 
 
-Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp | MemberOp
+@attrs.frozen(kw_only=True)
+class ReactOp:
+    """Add (or, with ``remove``, take back) one's reaction ``emoji`` on message ``message_id``."""
+
+    op_id: str
+    conversation_id: str
+    message_id: str
+    emoji: str
+    remove: bool
+
+
+Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp | MemberOp | ReactOp
+
+
+def _emoji_problem(emoji: Any) -> str | None:
+    """Why ``emoji`` is not a valid reaction (1 to 32 characters, no whitespace), or None."""
+    if not isinstance(emoji, str) or not 0 < len(emoji) <= MAX_EMOJI_CHARS:
+        return f"emoji must be 1 to {MAX_EMOJI_CHARS} characters"
+    if any(ch.isspace() for ch in emoji) or not emoji.isprintable():
+        return "emoji must be printable, without whitespace"
+    return None
 
 #: The member operations and whether each one makes its ``user`` a member.
 MEMBER_KINDS = {"add_member": True, "remove_member": False}
@@ -341,6 +367,8 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
         if type(seq) is not int or seq < 0:
             raise Invalid("seq must be a non-negative integer")
         return MarkReadOp(op_id=op_id, conversation_id=conversation_id, seq=seq)
+    if kind == "react":
+        return _parse_react(raw, op_id, conversation_id)
     if kind in MEMBER_KINDS:
         return MemberOp(
             op_id=op_id,
@@ -376,6 +404,24 @@ def _parse_change(
         body=_check_body(raw.get("body")),
         message_id=message_id,
         target_op_id=target_op_id,
+    )
+
+
+def _parse_react(raw: Mapping[str, Any], op_id: str, conversation_id: str) -> ReactOp:
+    message_id, emoji, remove = raw.get("message_id"), raw.get("emoji"), raw.get("remove", False)
+    if not isinstance(message_id, str) or not message_id:
+        raise Invalid("message_id must be a message id")
+    problem = _emoji_problem(emoji)
+    if problem is not None:
+        raise Invalid(problem)
+    if type(remove) is not bool:
+        raise Invalid("remove must be true or false")
+    return ReactOp(
+        op_id=op_id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        emoji=emoji,
+        remove=remove,
     )
 
 
@@ -467,6 +513,10 @@ def validate_op(kind: OpKind | str, conversation_id: str, payload: Mapping[str, 
             raise UsageError("seq must be a non-negative 64-bit integer")
     if kind is OpKind.CREATE_CONVERSATION:
         _validate_creation(payload)
+    if kind is OpKind.REACT:
+        problem = _emoji_problem(payload.get("emoji"))
+        if problem is not None or not payload.get("message_id"):
+            raise UsageError(problem or "a reaction needs the message_id of a sent message")
     if kind.value in MEMBER_KINDS:
         user = payload.get("user")
         if not isinstance(user, str) or not _USER_RE.fullmatch(user):

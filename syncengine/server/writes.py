@@ -21,6 +21,7 @@ from syncengine.protocol.events import (
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
+    ReactionChanged,
     ReadReceipt,
 )
 from syncengine.server import rules
@@ -220,6 +221,8 @@ def _effect(tx: WriteTx, user: str, device: str, op: ops.Op, known_only: bool) -
         return _mark_read(tx, user, op, members)
     if isinstance(op, ops.MemberOp):
         return _set_member(tx, user, op, known_only)
+    if isinstance(op, ops.ReactOp):
+        return _react(tx, user, op, members)
     message_id = _resolve_target(tx, user, device, op)
     if isinstance(op, ops.EditOp):
         return _edit(tx, user, op, message_id, members)
@@ -352,6 +355,29 @@ def _set_member(tx: WriteTx, actor: str, op: ops.MemberOp, known_only: bool) -> 
     if event is None:
         return rules.applied(op.op_id, cid, None, None, None, tx.now_ms())
     return rules.applied(op.op_id, cid, None, event.seq, event.pos, event.ts_ms)
+
+
+def _react(tx: WriteTx, user: str, op: ops.ReactOp, members: tuple[str, ...]) -> OpResult:
+    """One ``reaction_changed`` per operation: stores apply it as a set (a user's emoji on a
+    message is there or not), so a repeated add or remove changes nothing in them."""
+    cid = op.conversation_id
+    found = tx.message(op.message_id)
+    rules.check_reply_target(None if found is None else found.conversation_id, cid)
+    event = tx.append(
+        cid,
+        lambda p, s, t: ReactionChanged(
+            pos=p,
+            conversation_id=cid,
+            seq=s,
+            ts_ms=t,
+            message_id=op.message_id,
+            user=user,
+            emoji=op.emoji,
+            present=not op.remove,
+        ),
+        members,
+    )
+    return rules.applied(op.op_id, cid, op.message_id, event.seq, event.pos, event.ts_ms)
 
 
 def _mark_read(tx: WriteTx, user: str, op: ops.MarkReadOp, members: tuple[str, ...]) -> OpResult:

@@ -28,6 +28,7 @@ from syncengine.events import (
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
+    ReactionChanged,
     ReadReceipt,
     ServerEvent,
     TypingStarted,
@@ -65,6 +66,7 @@ class SortedPage:
         "own",
         "reads_me",
         "reads_other",
+        "reactions",
         "replies",
         "result",
         "updates",
@@ -81,6 +83,7 @@ class SortedPage:
         self.reads_other: list[tuple[Any, ...]] = []
         self.updates: list[ConversationUpdated] = []
         self.replies: list[tuple[str, str]] = []
+        self.reactions: list[tuple[bool, str, str, str]] = []
 
 
 def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
@@ -115,6 +118,8 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
                 deletes.append((ev.message_id,))
             elif isinstance(ev, ConversationUpdated):
                 updates.append(ev)
+            elif isinstance(ev, ReactionChanged):
+                page.reactions.append((ev.present, ev.message_id, ev.emoji, ev.user))
             elif isinstance(ev, ReadReceipt):
                 if ev.user == me:
                     reads_me.append((ev.read_seq, cid))
@@ -176,6 +181,14 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
             "INSERT INTO messages(conversation_id, seq, id, op_id, sender, body, state, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING",
             page.inserts,
+        )
+    for present, *key in page.reactions:  # in event order: an add then a remove ends removed
+        c.execute(
+            "INSERT INTO reactions(message_id, emoji, user) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING"
+            if present
+            else "DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user = ?",
+            key,
         )
     if page.replies:
         # After the inserts and promotions: the server's id of the replied-to message

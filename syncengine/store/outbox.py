@@ -228,10 +228,32 @@ def local_effect(
         )
     elif kind in (OpKind.EDIT, OpKind.DELETE):
         _patch_target(c, me, kind, cid, payload, now)
+    elif kind is OpKind.REACT:
+        _react_locally(c, me, cid, payload)
     elif kind is OpKind.MARK_READ:
         c.execute(
             "UPDATE conversations SET read_seq = MAX(read_seq, ?) WHERE id = ?",
             (payload["seq"], cid),
+        )
+
+
+def _react_locally(c: Any, me: str, cid: str, payload: dict[str, Any]) -> None:
+    """Show one's reaction at once. Only a sent message (a server id) takes reactions: the
+    server's event names it by that id, and the two must meet in one row of the set."""
+    found = c.execute(
+        "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+        (payload["message_id"], cid),
+    ).fetchone()
+    if found is None:
+        raise NotFound("no such sent message in this conversation (react once it is sent)")
+    key = (payload["message_id"], payload["emoji"], me)
+    if payload.get("remove"):
+        c.execute("DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user = ?", key)
+    else:
+        c.execute(
+            "INSERT INTO reactions(message_id, emoji, user) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            key,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import orjson
 
 from syncengine.errors import NotFound, UsageError
@@ -140,7 +141,28 @@ def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> li
     else:
         rows = c.execute(_BEFORE, (conversation_id, before, limit)).fetchall()
         echoes = []
-    return [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+    found = [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+    return _with_reactions(c, conversation_id, found)
+
+
+def _with_reactions(c: Any, conversation_id: str, found: list[Message]) -> list[Message]:
+    """The messages with their reactions (one query for the conversation)."""
+    rows = c.execute(
+        "SELECT r.message_id, r.emoji, r.user FROM reactions r JOIN messages m ON m.id = "
+        "r.message_id WHERE m.conversation_id = ? ORDER BY r.message_id, r.emoji, r.user",
+        (conversation_id,),
+    ).fetchall()
+    if not rows:
+        return found
+    by_message: dict[str, dict[str, list[str]]] = {}
+    for message_id, emoji, user in rows:
+        by_message.setdefault(message_id, {}).setdefault(emoji, []).append(user)
+    return [
+        attrs.evolve(m, reactions={e: tuple(u) for e, u in by_message[m.id].items()})
+        if m.id in by_message
+        else m
+        for m in found
+    ]
 
 
 def _check_limit(limit: int) -> None:
@@ -169,13 +191,13 @@ def page(
 def message_by_op(c: Any, me: str, op_id: str) -> Message | None:
     """``me``'s message created by send operation ``op_id`` (echo or server copy)."""
     row = c.execute(_BY_OP, (me, op_id)).fetchone()
-    return _message(row) if row else None
+    return _with_reactions(c, row[0], [_message(row)])[0] if row else None
 
 
 def message_by_id(c: Any, message_id: str) -> Message | None:
     """The stored message with server id ``message_id``, or None."""
     row = c.execute(_BY_ID, (message_id,)).fetchone()
-    return _message(row) if row else None
+    return _with_reactions(c, row[0], [_message(row)])[0] if row else None
 
 
 def message_count(c: Any, conversation_id: str | None) -> int:

@@ -129,5 +129,20 @@ def _replies(db: Database) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
 
 
+@MIGRATIONS(name="0003_reactions")
+def _reactions(db: Database) -> None:
+    # A set: a user's emoji on a message is there or not, so a repeated event changes nothing.
+    db.executescript(
+        """
+        CREATE TABLE reactions (
+            message_id TEXT NOT NULL,
+            emoji TEXT NOT NULL,
+            user TEXT NOT NULL,
+            PRIMARY KEY (message_id, emoji, user)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)
