@@ -134,6 +134,8 @@ class Message:
         reply_to: the id of the message this one replies to (a server id; while both are
             local echoes, the op id of the replied-to send), or None.
         reactions: per emoji, the users who reacted with it, sorted.
+        read_by: for one's own sent messages, the other users whose read receipt reached
+            it, sorted (empty otherwise).
     """
 
     conversation_id: str
@@ -148,6 +150,7 @@ class Message:
     deleted: bool = False
     reply_to: str | None = None
     reactions: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    read_by: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

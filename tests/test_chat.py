@@ -226,3 +226,33 @@ async def test_reactions_offline_converge_without_loss_or_doubles(
     async with SyncEngine(tmp_path / "fresh.db", **{**FAST, "page_size": 2}) as fresh:
         await fresh.login(server.url, "alice", "alice-password")
         await eventually(lambda: reactions(fresh) == expected, timeout=15)
+
+
+async def test_read_by_on_ones_own_messages_after_an_offline_read(
+    make_engine: Any, server: Any
+) -> None:
+    alice = await make_engine("alice")
+    bob = await make_engine("bob")
+    carol = await make_engine("carol")
+    conv = await alice.create_conversation("Receipts", members=["bob", "carol"])
+    one = await alice.send(conv.id, "one")
+    two = await alice.send(conv.id, "two")
+    assert await alice.wait_for_pending(10)
+    await eventually(lambda: bodies(bob, conv.id) == ["one", "two"])
+    await eventually(lambda: bodies(carol, conv.id) == ["one", "two"])
+    seqs = {m.body: m.seq for m in bob.store.messages(conv.id)}
+    await server.stop()
+    await eventually(lambda: bob.state is not ConnectionState.LIVE)
+    await bob.mark_read(conv.id)  # offline: queued
+    await carol.mark_read(conv.id, seqs["one"])
+    await server.start()
+
+    def read_by(engine: Any) -> dict[str, tuple[str, ...]]:
+        return {m.body: m.read_by for m in engine.store.messages(conv.id)}
+
+    expected = {"one": ("bob", "carol"), "two": ("bob",)}
+    await eventually(lambda: read_by(alice) == expected, timeout=15)
+    # Only on one's own messages: bob's store shows nothing for alice's.
+    assert read_by(bob) == {"one": (), "two": ()}
+    assert alice.store.message_by_op(str(two.op_id)).read_by == ("bob",)
+    assert one.read_by == ()  # a fresh echo has been read by nobody

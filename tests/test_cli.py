@@ -56,6 +56,7 @@ MESSAGE_KEYS = {
     "deleted",
     "reply_to",
     "reactions",
+    "read_by",
 }
 OUTBOX_KEYS = {"op_id", "kind", "conversation_id", "state", "attempts", "last_error", "created_at"}
 SYNC_KEYS = {"pushed", "pulled", "cursor", "pending", "failed", "daemon"}

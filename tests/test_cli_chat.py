@@ -101,6 +101,9 @@ def test_edit_delete_and_read_from_the_cli_reach_the_other_store(alice: Path, bo
     with Store(bob) as store:
         item = store.outbox_item(str(read["op_id"]))
         assert item is not None and item.state.value == "sent"
+    cli_json(alice, "sync")
+    assert by_body(alice, cid)["final"]["read_by"] == ["bob"]  # her own message
+    assert by_body(bob, cid)["final"]["read_by"] == []  # not his
 
 
 def test_edit_mistakes_are_one_line(alice: Path) -> None:

@@ -144,6 +144,7 @@ def message_doc(msg: Message) -> dict[str, Any]:
         "deleted": msg.deleted,
         "reply_to": msg.reply_to,
         "reactions": {emoji: list(users) for emoji, users in sorted(msg.reactions.items())},
+        "read_by": list(msg.read_by),
     }
 
 

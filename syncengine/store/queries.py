@@ -128,8 +128,11 @@ def has_conversation(c: Any, conversation_id: str) -> bool:
     return row is not None
 
 
-def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> list[Message]:
-    """A page of messages, oldest first (see ``Store.messages``).
+def messages(
+    c: Any, conversation_id: str, before: int | None, limit: int, me: str = ""
+) -> list[Message]:
+    """A page of messages, oldest first (see ``Store.messages``); ``me``'s own messages carry
+    who has read them.
 
     Raises:
         UsageError: ``limit`` is below 1.
@@ -142,7 +145,25 @@ def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> li
         rows = c.execute(_BEFORE, (conversation_id, before, limit)).fetchall()
         echoes = []
     found = [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
-    return _with_reactions(c, conversation_id, found)
+    return _with_read_by(c, me, conversation_id, _with_reactions(c, conversation_id, found))
+
+
+def _with_read_by(c: Any, me: str, conversation_id: str, found: list[Message]) -> list[Message]:
+    """``me``'s sent messages with the other users whose read position reached them."""
+    if not me:
+        return found
+    reads = c.execute(
+        "SELECT user, read_seq FROM reads WHERE conversation_id = ? AND user != ? ORDER BY user",
+        (conversation_id, me),
+    ).fetchall()
+    if not reads:
+        return found
+    return [
+        attrs.evolve(m, read_by=tuple(u for u, seq in reads if seq >= m.seq))
+        if m.sender == me and m.seq is not None
+        else m
+        for m in found
+    ]
 
 
 def _with_reactions(c: Any, conversation_id: str, found: list[Message]) -> list[Message]:
@@ -171,7 +192,7 @@ def _check_limit(limit: int) -> None:
 
 
 def page(
-    c: Any, conversation_id: str, before: int | None, limit: int
+    c: Any, conversation_id: str, before: int | None, limit: int, me: str = ""
 ) -> tuple[list[Message], int | None, bool]:
     """``(messages, lowest stored seq, history complete)`` from one snapshot.
 
@@ -182,7 +203,7 @@ def page(
     _check_limit(limit)
     if not has_conversation(c, conversation_id):
         raise NotFound(f"no conversation {conversation_id} in the store")
-    found = messages(c, conversation_id, before, limit)
+    found = messages(c, conversation_id, before, limit, me)
     lowest = lowest_seq(c, conversation_id)
     complete = get_meta(c, f"eoh:{conversation_id}") == "1"
     return found, lowest, complete
@@ -191,7 +212,9 @@ def page(
 def message_by_op(c: Any, me: str, op_id: str) -> Message | None:
     """``me``'s message created by send operation ``op_id`` (echo or server copy)."""
     row = c.execute(_BY_OP, (me, op_id)).fetchone()
-    return _with_reactions(c, row[0], [_message(row)])[0] if row else None
+    if row is None:
+        return None
+    return _with_read_by(c, me, row[0], _with_reactions(c, row[0], [_message(row)]))[0]
 
 
 def message_by_id(c: Any, message_id: str) -> Message | None:

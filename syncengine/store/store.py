@@ -406,7 +406,7 @@ class Store:
         ``limit`` server messages followed by the local echoes still pending or failed, in
         send order (they sit after the last server message, never interleaved by clock).
         """
-        return self._read(queries.messages, conversation_id, before, limit)
+        return self._read(queries.messages, conversation_id, before, limit, self.user)
 
     def page(
         self, conversation_id: str, *, before: int | None = None, limit: int = 50
@@ -417,7 +417,7 @@ class Store:
         Raises:
             NotFound: the conversation is not in the store.
         """
-        return self._read(queries.page, conversation_id, before, limit)
+        return self._read(queries.page, conversation_id, before, limit, self.user)
 
     def message_by_op(self, op_id: str) -> Message | None:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
