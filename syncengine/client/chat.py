@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from syncengine.client.bus import EventBus
+from syncengine.client.session import Session
 from syncengine.errors import NotFound, UsageError
+from syncengine.events import MessageQueued
 from syncengine.models import Message, OpKind, OutboxItem
 from syncengine.store import Store
 
@@ -27,6 +30,9 @@ class _Engine(Protocol):
     def _queue(
         self, kind: OpKind, cid: str, payload: dict[str, Any], op_id: str | None
     ) -> OutboxItem: ...
+
+    _bus: EventBus
+    _session: Session
 
     def _announce(self, message: Message) -> None: ...
 
@@ -50,6 +56,11 @@ def _target(store: Store, message_id: str) -> tuple[Message, dict[str, Any]]:
 
 class ChatMixin:
     """Writes named by message id; mixed into :class:`~syncengine.SyncEngine`."""
+
+    def _announce(self: _Engine, message: Message) -> None:
+        """Tell subscribers a message was queued, and wake the session to push it."""
+        self._bus.emit(MessageQueued(message=message))
+        self._session.kick()
 
     async def reply(
         self: _Engine,

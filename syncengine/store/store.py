@@ -34,8 +34,9 @@ from syncengine.models import (
     Typing,
 )
 from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
-from syncengine.store import apply, outbox, queries
+from syncengine.store import apply, outbox, queries, unordered
 from syncengine.store.apply import ApplyResult
+from syncengine.store.chatops import ChatQueries
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
 from syncengine.store.queries import STREAM
@@ -54,7 +55,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Store:
+class Store(ChatQueries):
     """The local SQLite store of one account.
 
     Args:
@@ -245,14 +246,6 @@ class Store:
         """
         return self._write(outbox.requeue, self.user, op_ids, self._clock())
 
-    def cancel(self, op_id: str) -> OutboxItem:
-        """Delete an unsent operation and its local echo (see ``core/cancel.py``); returns it.
-
-        Raises:
-            NotFound: no such operation. UsageError: it cannot be cancelled (the reason why).
-        """
-        return self._write(outbox.cancel, self.user, op_id)
-
     def recover_sending(self) -> int:
         """At start-up of the syncing process: items left SENDING by a crash become PENDING,
         to be pushed again with the same op id, deduplicated by the server (G2). Returns how
@@ -283,11 +276,11 @@ class Store:
 
     # --- applying what the server says (apply.py) ---------------------------------------------
 
-    def cursor(self) -> int:
+    def cursor(self) -> int | str:
         """The persisted stream position: every event up to it is stored."""
         return self._read(queries.read_cursor)
 
-    def reset_cursor(self, pos: int) -> None:
+    def reset_cursor(self, pos: int | str) -> None:
         """Set the cursor to ``pos``, even backwards (only a resync does this)."""
         self._write(apply.set_cursor, pos, self._clock(), force=True)
 
@@ -295,16 +288,21 @@ class Store:
         self,
         events: Sequence[ServerEvent],
         *,
-        cursor: int | None = None,
+        cursor: int | str | None = None,
         synced: bool = False,
+        backward: bool = False,
     ) -> ApplyResult:
         """Apply durable server events, and advance the cursor, in one transaction.
 
         Events may repeat or come in any order; the resulting state is the same (G4). With
         ``cursor`` the stream position moves to it (never backwards) in the same transaction
         (G3). ``synced`` records ``last_sync_at`` too (the catch-up reached the end).
+        Events without a seq (Matrix) get one from the store (``store/unordered.py``), in
+        delivery order, or counting down with ``backward`` (history paged back).
         Non-durable events in ``events`` are ignored here (see :meth:`apply_ephemeral`).
         """
+        if unordered.needs_numbering(events):
+            return self._write(_apply_numbered, events, self, cursor, synced, backward)
         page = apply.sort_events(events, self.user)
         return self._write(apply.write_page, page, self._clock(), cursor=cursor, synced=synced)
 
@@ -320,7 +318,7 @@ class Store:
         """Store history messages (``wire.HistoryMessage``) from back-pagination or a resync:
         the merge rules of :meth:`apply_events`, the cursor unmoved. Returns how many were given.
         """
-        self.apply_events(apply.history_events(messages))
+        self.apply_events(apply.history_events(messages), backward=True)
         return len(messages)
 
     def replace_conversations(self, conversations: Sequence[dict[str, Any]]) -> None:
@@ -423,10 +421,13 @@ class Store:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
         return self._read(queries.message_by_op, self.user, op_id)
 
-    def message(self, message_id: str) -> Message | None:
-        """A message by server id, or by the op id of this user's send; None if not stored."""
-        found = self._read(queries.message_by_id, message_id)
-        return found if found is not None else self.message_by_op(message_id)
+    def event_id_at(self, conversation_id: str, seq: int) -> str | None:
+        """The server id of the newest named event at or below ``seq`` (Matrix receipts)."""
+        return self._read(unordered.event_id_at, conversation_id, seq)
+
+    def message_event_id(self, op_id: str) -> str | None:
+        """The server id of this user's message sent with ``op_id`` (None: not yet known)."""
+        return self._read(unordered.message_event_id, self.user, op_id)
 
     def message_count(self, conversation_id: str | None = None) -> int:
         """How many messages are stored (in one conversation, or in all)."""
@@ -454,3 +455,12 @@ class Store:
         """
         now = self._clock()
         return self._read(queries.health, now, open_gaps)
+
+
+def _apply_numbered(
+    c: Any, events: Sequence[ServerEvent], store: Store, cursor: Any, synced: bool, backward: bool
+) -> ApplyResult:
+    """Number events that have no seq, then apply them, in the one write transaction."""
+    numbered = unordered.number_events(c, events, backward=backward)
+    page = apply.sort_events(numbered, store.user)
+    return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)

@@ -1,6 +1,8 @@
-"""Make tests/data/schemas/v0002.db: a database of schema 0002_replies with a little of
-everything in it (server messages, a reply, an edit, a delete, read receipts, a pending, a failed and
-a sent operation, a conversation pending creation, presence, a quarantined event).
+"""Make tests/data/schemas/v0002.db: a database of schema 0002_opaque_cursor_event_ids with a
+little of everything in it (server messages, an edit, a delete, read receipts, a pending, a
+failed and a sent operation, a conversation pending creation, presence, a quarantined event),
+and a conversation whose events came without seq (Matrix: numbered by the store,
+``event_seqs``).
 
 Run it once, from the repository root, with the code of that schema (it refuses to overwrite):
 
@@ -100,20 +102,10 @@ def main() -> None:
                 message_id="m-5",
                 deleted_by="bob",
             ),
-            MessageReceived(
-                pos=9,
-                conversation_id=C,
-                seq=9,
-                ts_ms=MS + 6500,
-                message_id="m-9",
-                sender="bob",
-                body="a reply",
-                reply_to="m-3",
-            ),
             ReadReceipt(pos=7, conversation_id=C, seq=7, ts_ms=MS + 7000, user="bob", read_seq=5),
             ReadReceipt(pos=8, conversation_id=C, seq=8, ts_ms=MS + 8000, user="alice", read_seq=2),
         ],
-        cursor=9,
+        cursor=8,
         synced=True,
     )
     s.mark_sent(
@@ -128,8 +120,6 @@ def main() -> None:
         )
     )
     s.enqueue("send", C, {"body": "still pending"}, op_id="op-golden-2")
-    reply = {"body": "pending reply", "reply_to_op_id": "op-golden-2"}
-    s.enqueue("send", C, reply, op_id="op-golden-5")
     s.enqueue("send", C, {"body": "refused"}, op_id="op-golden-3")
     s.claim()
     s.mark_failed("op-golden-3", "too_large", "over the limit")
@@ -143,6 +133,21 @@ def main() -> None:
     s.apply_presence("bob", "away", ts_ms=MS + 9000, last_seen_ms=MS + 500)
     s.quarantine('{"type": "message_received", "pos": 7}', "poison", pos=7)
     s.set_history_complete(C)
+    s.apply_events(
+        [
+            MessageReceived(
+                pos=None,
+                conversation_id="!matrix-room",
+                seq=None,
+                ts_ms=MS + 10000 + i,
+                message_id=f"$event-{i}",
+                event_id=f"$event-{i}",
+                sender="@bob:localhost",
+                body=f"matrix {i}",
+            )
+            for i in range(3)
+        ]
+    )
     s.checkpoint()
     s.close()
     print(f"wrote {path}")

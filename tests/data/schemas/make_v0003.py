@@ -1,5 +1,5 @@
-"""Make tests/data/schemas/v0003.db: a database of schema 0003_reactions with a little of
-everything in it (server messages, a reply, reactions, an edit, a delete, read receipts, a pending, a failed and
+"""Make tests/data/schemas/v0003.db: a database of schema 0003_replies with a little of
+everything in it (server messages, a reply, an edit, a delete, read receipts, a pending, a failed and
 a sent operation, a conversation pending creation, presence, a quarantined event).
 
 Run it once, from the repository root, with the code of that schema (it refuses to overwrite):
@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from syncengine.events import (
     ConversationUpdated,
-    ReactionChanged,
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
@@ -111,20 +110,10 @@ def main() -> None:
                 body="a reply",
                 reply_to="m-3",
             ),
-            ReactionChanged(
-                pos=10,
-                conversation_id=C,
-                seq=10,
-                ts_ms=MS + 6600,
-                message_id="m-3",
-                user="bob",
-                emoji="+1",
-                present=True,
-            ),
             ReadReceipt(pos=7, conversation_id=C, seq=7, ts_ms=MS + 7000, user="bob", read_seq=5),
             ReadReceipt(pos=8, conversation_id=C, seq=8, ts_ms=MS + 8000, user="alice", read_seq=2),
         ],
-        cursor=10,
+        cursor=9,
         synced=True,
     )
     s.mark_sent(
@@ -141,7 +130,6 @@ def main() -> None:
     s.enqueue("send", C, {"body": "still pending"}, op_id="op-golden-2")
     reply = {"body": "pending reply", "reply_to_op_id": "op-golden-2"}
     s.enqueue("send", C, reply, op_id="op-golden-5")
-    s.enqueue("react", C, {"message_id": "m-2", "emoji": "ok"}, op_id="op-golden-6")
     s.enqueue("send", C, {"body": "refused"}, op_id="op-golden-3")
     s.claim()
     s.mark_failed("op-golden-3", "too_large", "over the limit")
