@@ -195,3 +195,9 @@ def test_request_builders() -> None:
     }
     assert not requests.health().auth and requests.presence().auth
     assert requests.conversations().path == "/v1/conversations"
+
+
+def test_an_unhashable_kind_is_invalid_not_a_crash() -> None:
+    for kind in ([], {}, ["add_member"]):
+        with pytest.raises(errors.Invalid):
+            ops.parse_op({"op_id": "o", "kind": kind, "conversation_id": CID}, "alice")

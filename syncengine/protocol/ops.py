@@ -369,7 +369,7 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
         return MarkReadOp(op_id=op_id, conversation_id=conversation_id, seq=seq)
     if kind == "react":
         return _parse_react(raw, op_id, conversation_id)
-    if kind in MEMBER_KINDS:
+    if isinstance(kind, str) and kind in MEMBER_KINDS:  # a list or object is no kind
         return MemberOp(
             op_id=op_id,
             conversation_id=conversation_id,
