@@ -151,3 +151,8 @@ def test_one_table_maps_every_code_to_its_status() -> None:
     assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["invalid"] == 422
     assert errors.RateLimited("slow down", retry_after_ms=5).status == 429
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)
+
+
+def test_the_presence_list_names_the_caller_even_without_a_conversation() -> None:
+    assert rules.presence_audience("loner", []) == ["loner"]
+    assert rules.presence_audience("bob", ["carol", "alice", "bob"]) == ["alice", "bob", "carol"]

@@ -410,5 +410,7 @@ def create_app(config: ServerConfig) -> Starlette:
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # "/v1/events/" is no other URL: answer the protocol's JSON 404, never a 307 redirect.
+    app.router.redirect_slashes = False
     app.state.core = core
     return app

@@ -46,6 +46,7 @@ __all__ = [
     "creation_origin",
     "hash_password",
     "page_end",
+    "presence_audience",
     "read_advances",
     "rejected",
     "replayed",
@@ -95,6 +96,12 @@ def check_password(password: object) -> str:
     if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
         raise Invalid(f"password must be 1-{MAX_PASSWORD_CHARS} characters")
     return password
+
+
+def presence_audience(user: str, shared: list[str]) -> list[str]:
+    """Whose presence ``GET /v1/presence`` lists: the caller and everyone who shares a
+    conversation with them, sorted (the caller is listed even with no conversation)."""
+    return sorted({user, *shared})
 
 
 # --- conversations ------------------------------------------------------------------------

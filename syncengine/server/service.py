@@ -229,8 +229,8 @@ class ServerService:
         return self.storage.history(conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX))
 
     def presence(self, user: str) -> list[PresenceEntry]:
-        """The presence of everyone who shares a conversation with ``user``."""
-        return self.hub.presence_of(self.storage.shared_users(user))
+        """The presence of ``user`` and of everyone who shares a conversation with them."""
+        return self.hub.presence_of(rules.presence_audience(user, self.storage.shared_users(user)))
 
     # --- the live channel ----------------------------------------------------------------
 

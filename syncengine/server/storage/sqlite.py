@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
+from syncengine.paths import make_private_dirs
 from syncengine.protocol import codec
 from syncengine.protocol.events import DurableEvent
 from syncengine.server.storage.interface import Committed
@@ -109,7 +110,7 @@ class SqliteStorage(UserTables, ConversationReads, LogReads):
         retention: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(path.parent)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
