@@ -5,6 +5,7 @@ Each rule raises a domain error; its HTTP status comes from the protocol's one t
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from syncengine.protocol import errors
@@ -156,3 +157,28 @@ def test_one_table_maps_every_code_to_its_status() -> None:
 def test_the_presence_list_names_the_caller_even_without_a_conversation() -> None:
     assert rules.presence_audience("loner", []) == ["loner"]
     assert rules.presence_audience("bob", ["carol", "alice", "bob"]) == ["alice", "bob", "carol"]
+
+
+def test_a_page_keeps_what_fits_its_byte_budget_and_always_its_first_item() -> None:
+    assert rules.page_cut([], 100) == 0
+    assert rules.page_cut([40, 40, 40], 100) == 2  # 40 + "," + 40 = 81; a third would be 122
+    assert rules.page_cut([40, 40], 81) == 2  # exactly the budget, the comma included
+    assert rules.page_cut([40, 40], 80) == 1
+    assert rules.page_cut([500, 1], 100) == 1  # one item alone always goes, whatever its size
+    assert rules.page_cut([10] * 5, 10_000) == 5
+
+
+def test_a_history_page_cut_for_size_keeps_its_newest_messages() -> None:
+    # oldest first: the newest two fit, so the client asks for the older ones next
+    assert rules.history_cut([40, 40, 40], 100) == 2
+    assert rules.history_cut([10, 10, 500], 100) == 1  # the newest alone, over the budget
+    assert rules.history_cut([500, 10, 10], 100) == 2
+
+
+def test_the_page_budget_stays_under_half_of_what_a_client_accepts() -> None:
+    from syncengine.protocol import codec, ops
+
+    assert ops.PAGE_BYTES_MAX * 2 <= codec.MAX_PAGE_BYTES
+    assert ops.PAGE_BYTES_DEFAULT <= ops.PAGE_BYTES_MAX
+    # the largest legal event (16,000 control characters, 6 bytes each escaped) fits alone
+    assert len(orjson.dumps("\x01" * ops.MAX_BODY_CHARS)) + 1024 < ops.PAGE_BYTES_DEFAULT

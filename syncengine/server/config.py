@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from syncengine.protocol.ops import PAGE_BYTES_DEFAULT, PAGE_BYTES_MAX
 from syncengine.transport.base import is_loopback_host
 
 __all__ = ["FaultConfig", "ServerConfig", "is_loopback"]
@@ -122,6 +123,9 @@ class ServerConfig:
         ws_max_frame_bytes: larger client frames close the connection with ``1009``.
         ws_send_queue: frames queued for one connection before it is closed with ``1013``.
         max_body_bytes: larger REST request bodies are refused with ``413``.
+        page_bytes: byte budget of one pull or history page (at least one event is always
+            sent); at most :data:`~syncengine.protocol.ops.PAGE_BYTES_MAX` (16 MiB, half
+            of what the engine accepts).
         shutdown_timeout_s: how long a stopping server waits for open connections.
         simulate: number of simulated bot users (``bot1`` … ``botN``); 0 for none.
         simulate_rate: actions per second of each bot.
@@ -151,6 +155,7 @@ class ServerConfig:
     ws_max_frame_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
     ws_send_queue: int = attrs.field(default=4096, validator=_positive)
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    page_bytes: int = attrs.field(default=PAGE_BYTES_DEFAULT)
     shutdown_timeout_s: float = attrs.field(default=5.0, validator=_non_negative)
     simulate: int = attrs.field(default=0, validator=_non_negative)
     simulate_rate: float = attrs.field(default=0.2, validator=_positive)
@@ -171,6 +176,11 @@ class ServerConfig:
     def _check_scrypt_n(self, _attribute: attrs.Attribute[Any], value: int) -> None:
         if value < 2 or value & (value - 1):
             raise ValueError(f"scrypt_n must be a power of two, got {value}")
+
+    @page_bytes.validator
+    def _check_page_bytes(self, _attribute: attrs.Attribute[Any], value: int) -> None:
+        if not 1024 <= value <= PAGE_BYTES_MAX:
+            raise ValueError(f"page_bytes must be between 1024 and {PAGE_BYTES_MAX}, got {value}")
 
     @property
     def registration_open(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import attrs
 import orjson
@@ -45,6 +46,8 @@ __all__ = [
     "check_target",
     "creation_origin",
     "hash_password",
+    "history_cut",
+    "page_cut",
     "page_end",
     "presence_audience",
     "read_advances",
@@ -263,6 +266,34 @@ def page_end(positions: list[int], limit: int, end: int, head: int) -> tuple[int
     if len(positions) > limit:
         return positions[limit - 1], True
     return end, end < head
+
+
+def page_cut(sizes: Sequence[int], budget: int) -> int:
+    """How many of a page's first items fit in ``budget`` bytes, separators included.
+
+    A page always keeps its first item, whatever its size: one event alone always fits a
+    client's limit, and a page that kept nothing would never move the cursor.
+
+    Args:
+        sizes: the encoded size of each item, in page order.
+        budget: the page's byte budget (``ServerConfig.page_bytes``).
+    """
+    total = -1  # n items take n - 1 commas
+    for kept, size in enumerate(sizes):
+        total += size + 1
+        if total > budget and kept > 0:
+            return kept
+    return len(sizes)
+
+
+def history_cut(sizes: Sequence[int], budget: int) -> int:
+    """How many of a history page's *newest* messages fit in ``budget`` bytes.
+
+    A history page is oldest first and continues backwards (``before`` its first message),
+    so a page cut for size keeps its newest messages; the client asks for the older ones
+    next. At least one message is always kept.
+    """
+    return page_cut(sizes[::-1], budget)
 
 
 def check_query_int(name: str, raw: str | None, default: int | None, minimum: int) -> int | None:

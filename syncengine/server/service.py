@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from syncengine.protocol import ops
+import orjson
+
+from syncengine.protocol import codec, ops
 from syncengine.protocol.bodies import (
     ConversationList,
     ConversationSnapshot,
@@ -48,6 +50,13 @@ log = logging.getLogger("syncengine.server")
 T = TypeVar("T")
 
 _LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
+
+
+def _event_pos(text: str) -> int:
+    """The ``pos`` of a stored event's JSON text."""
+    pos = orjson.loads(text)["pos"]
+    assert isinstance(pos, int), pos
+    return pos
 
 
 def _verify(password: str, record: PasswordRecord) -> bool:
@@ -218,15 +227,42 @@ class ServerService:
         return self.commit(lambda tx: [writes.apply_op(tx, user, device, raw) for raw in raw_ops])
 
     def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
-        """The JSON texts of the events visible to ``user`` after ``since``."""
-        return self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
+        """The JSON texts of the events visible to ``user`` after ``since``.
+
+        The page holds at most ``limit`` events (capped) and at most ``config.page_bytes``
+        bytes of them (always one event at least); a page cut for size continues right
+        after its last event (``has_more``).
+        """
+        texts, nxt, more = self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
+        budget = self.config.page_bytes
+        # A character is at most 4 bytes of UTF-8: most pages need no exact measure.
+        if 4 * (sum(map(len, texts)) + len(texts)) > budget:
+            keep = rules.page_cut([len(text.encode()) for text in texts], budget)
+            if keep < len(texts):
+                texts = texts[:keep]
+                nxt, more = _event_pos(texts[-1]), True
+        return texts, nxt, more
 
     def history(
         self, user: str, conversation_id: str, before: int | None, limit: int
     ) -> tuple[list[HistoryMessage], bool]:
-        """A member's page of history, oldest first, and whether nothing older exists."""
+        """A member's page of history, oldest first, and whether nothing older exists.
+
+        Bounded like a pull page: at most ``config.page_bytes`` (always one message at
+        least); a page cut for size keeps its newest messages and is not the end of history.
+        """
         rules.require_member(self.storage.is_member(conversation_id, user))
-        return self.storage.history(conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX))
+        messages, end = self.storage.history(
+            conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX)
+        )
+        budget = self.config.page_bytes
+        # A body character is at most 6 bytes once escaped; the other fields under 1 KiB.
+        if sum(6 * len(m.body) + 1024 for m in messages) > budget:
+            sizes = [len(orjson.dumps(codec.encode_body(m))) for m in messages]
+            keep = rules.history_cut(sizes, budget)
+            if keep < len(messages):
+                messages, end = messages[len(messages) - keep :], False
+        return messages, end
 
     def presence(self, user: str) -> list[PresenceEntry]:
         """The presence of ``user`` and of everyone who shares a conversation with them."""
