@@ -5,14 +5,20 @@ logins and registrations, the connection guard and the log's repeat filter.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
+from syncengine.protocol.errors import Rejection
+from syncengine.server import service as service_module
+from syncengine.server.app import create_app
 from syncengine.server.config import ServerConfig
-from tests.conftest_server import open_api
+from syncengine.server.service import ServerService
+from tests.conftest_server import make_config, open_api
 
 #: 5,000 control characters: 30,000 bytes once escaped.
 HEAVY = "\x01" * 5_000
@@ -91,3 +97,85 @@ def test_the_page_budget_is_checked() -> None:
         with pytest.raises(ValueError, match="page_bytes"):
             ServerConfig(data_dir="x", page_bytes=bad)
     assert ServerConfig(data_dir="x").page_bytes == 4 * 1024 * 1024
+
+
+# --- logins and registrations per client address ------------------------------------------
+
+
+def _service(tmp_path: Path, **overrides: Any) -> ServerService:
+    return ServerService(make_config(tmp_path, **overrides))
+
+
+async def _status(call: Awaitable[object]) -> int:
+    try:
+        await call
+    except Rejection as exc:
+        return exc.status
+    return 200
+
+
+async def test_wrong_passwords_never_lock_the_right_one_out(tmp_path: Path) -> None:
+    core = _service(tmp_path, login_fail_burst=3, login_fail_ip_burst=5, open_registration=False)
+    try:
+        await core.set_password("bob", "right")
+        assert await _status(core.login("bob", "right", "d", "10.0.0.1")) == 200
+        hammer = [await _status(core.login("bob", f"wrong{i}", "d", "10.0.0.9")) for i in range(6)]
+        assert hammer == [401, 401, 401, 429, 429, 429]  # per (address, name)
+        assert await _status(core.login("bob", "right", "d", "10.0.0.1")) == 200
+        # the attacker's address, any name (unknown ones too): 2 more failures, then its limit
+        other = [await _status(core.login("carol", "x", "d", "10.0.0.9")) for _ in range(3)]
+        assert other == [401, 401, 429]
+    finally:
+        core.close()
+
+
+async def test_a_limited_attempt_costs_no_password_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = _service(tmp_path, login_fail_burst=1)
+    try:
+        await core.login("bob", "right", "d", "10.0.0.1")
+        await _status(core.login("bob", "wrong", "d", "10.0.0.9"))
+        hashed: list[str] = []
+        real = service_module.rules.hash_password
+        monkeypatch.setattr(
+            service_module.rules,
+            "hash_password",
+            lambda *a: hashed.append("h") or real(*a),  # type: ignore[func-returns-value]
+        )
+        assert await _status(core.login("bob", "wrong", "d", "10.0.0.9")) == 429
+        assert hashed == []
+    finally:
+        core.close()
+
+
+async def test_registrations_are_limited_per_address(tmp_path: Path) -> None:
+    core = _service(tmp_path, register_burst=3)
+    try:
+        first = [await _status(core.login(f"u{i}", "pw", "d", "10.0.0.5")) for i in range(5)]
+        assert first == [200, 200, 200, 429, 429]
+        assert await _status(core.login("v0", "pw", "d", "10.0.0.6")) == 200  # another address
+        assert await _status(core.login("u0", "pw", "d", "10.0.0.5")) == 200  # not a new user
+        assert core.storage.users() == ["u0", "u1", "u2", "v0"]
+        # IPv6: one /64 is one client
+        six = [await _status(core.login(f"w{i}", "pw", "d", f"2001:db8::{i}")) for i in range(4)]
+        assert six == [200, 200, 200, 429]
+    finally:
+        core.close()
+
+
+async def test_the_login_route_passes_the_client_address(tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, register_burst=1))
+    try:
+        for host, expected in (("10.0.0.1", [200, 429]), ("10.0.0.2", [200, 429])):
+            transport = httpx.ASGITransport(app=app, client=(host, 1234))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                codes = []
+                for i in range(2):
+                    body = {"user": f"{host}-{i}".replace(".", "x"), "password": "p", "device": "d"}
+                    response = await client.post("/v1/login", json=body)
+                    codes.append(response.status_code)
+                assert codes == expected, host
+                assert response.headers["Retry-After"].isdigit()
+    finally:
+        app.state.core.close()

@@ -182,3 +182,32 @@ def test_the_page_budget_stays_under_half_of_what_a_client_accepts() -> None:
     assert ops.PAGE_BYTES_DEFAULT <= ops.PAGE_BYTES_MAX
     # the largest legal event (16,000 control characters, 6 bytes each escaped) fits alone
     assert len(orjson.dumps("\x01" * ops.MAX_BODY_CHARS)) + 1024 < ops.PAGE_BYTES_DEFAULT
+
+
+def test_waiting_for_a_token_takes_none() -> None:
+    bucket = rules.TokenBucket(rate=1.0, burst=2)
+    assert bucket.wait(0.0) == 0.0 and bucket.wait(0.0) == 0.0  # a look takes nothing
+    assert bucket.take(0.0) == 0.0 and bucket.take(0.0) == 0.0
+    assert bucket.wait(0.0) == pytest.approx(1.0)
+    assert bucket.wait(0.5) == pytest.approx(0.5)
+    assert bucket.wait(1.0) == 0.0
+    limiter = rules.RateLimiter(rate=1.0, burst=1)
+    assert limiter.wait("nobody", 0.0) == 0.0 and "nobody" not in limiter.buckets
+    limiter.take("a", 0.0)
+    assert limiter.wait("a", 0.0) > 0 and limiter.wait("b", 0.0) == 0.0
+
+
+def test_clients_are_limited_by_address_and_ipv6_by_its_64() -> None:
+    assert rules.address_key("127.0.0.2") == "127.0.0.2"
+    assert rules.address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert rules.address_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert rules.address_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert rules.address_key("") == rules.address_key(None) == "unknown"
+    assert rules.address_key("testclient") == "testclient"  # not an address: as it is
+
+
+def test_failed_logins_are_keyed_by_address_never_by_name_alone() -> None:
+    by_address, by_name = rules.login_keys("10.0.0.1", "bob")
+    assert by_address == "10.0.0.1"
+    assert by_name != rules.login_keys("10.0.0.2", "bob")[1]  # another address: its own
+    assert "bob" not in {by_address}

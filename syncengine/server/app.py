@@ -155,7 +155,8 @@ async def login(core: ServerService, request: Request) -> Response:
     user = ops.check_user(body.get("user"))
     device = ops.check_device(body.get("device"))
     password = rules.check_password(body.get("password"))
-    return _body(await core.login(user, password, device))
+    address = request.client.host if request.client else ""
+    return _body(await core.login(user, password, device, address))
 
 
 @_endpoint

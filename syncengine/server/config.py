@@ -109,8 +109,19 @@ class ServerConfig:
         scrypt_n: scrypt cost parameter for new password hashes (a power of two).
         rate_per_s: sustained REST requests per second per user.
         rate_burst: REST burst size per user.
-        login_rate_per_s: sustained login attempts per second per user name.
-        login_burst: login burst size per user name.
+        login_rate_per_s: sustained successful logins (tokens issued) per second per user
+            name; failed attempts never spend it, so nobody can lock a user out with it.
+        login_burst: burst of successful logins per user name.
+        login_fail_rate_per_s: sustained failed logins per second per (client address,
+            user name); past it, attempts from that address for that name get ``429``
+            before their password is even checked.
+        login_fail_burst: burst of failed logins per (client address, user name).
+        login_fail_ip_rate_per_s: sustained failed logins per second per client address,
+            whatever the name.
+        login_fail_ip_burst: burst of failed logins per client address.
+        register_rate_per_s: sustained registrations (users created by a first login with
+            open registration) per second per client address.
+        register_burst: burst of registrations per client address.
         ws_rate_per_s: typing/presence frames per second per live connection.
         ws_burst: typing/presence burst per live connection.
         ws_flood_limit: rate-limited frames in a row after which the connection is closed
@@ -144,6 +155,12 @@ class ServerConfig:
     rate_burst: int = attrs.field(default=100, validator=_positive)
     login_rate_per_s: float = attrs.field(default=5.0, validator=_positive)
     login_burst: int = attrs.field(default=20, validator=_positive)
+    login_fail_rate_per_s: float = attrs.field(default=0.2, validator=_positive)
+    login_fail_burst: int = attrs.field(default=10, validator=_positive)
+    login_fail_ip_rate_per_s: float = attrs.field(default=1.0, validator=_positive)
+    login_fail_ip_burst: int = attrs.field(default=50, validator=_positive)
+    register_rate_per_s: float = attrs.field(default=0.1, validator=_positive)
+    register_burst: int = attrs.field(default=20, validator=_positive)
     ws_rate_per_s: float = attrs.field(default=10.0, validator=_positive)
     ws_burst: int = attrs.field(default=10, validator=_positive)
     ws_flood_limit: int = attrs.field(default=50, validator=_positive)

@@ -11,6 +11,7 @@ refuses raises a domain error from :mod:`syncengine.protocol.errors` (``NotFound
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from collections.abc import Sequence
 
@@ -37,6 +38,7 @@ __all__ = [
     "PULL_SCAN_MAX",
     "RateLimiter",
     "TokenBucket",
+    "address_key",
     "applied",
     "check_cursor",
     "check_member_cap",
@@ -47,6 +49,7 @@ __all__ = [
     "creation_origin",
     "hash_password",
     "history_cut",
+    "login_keys",
     "page_cut",
     "page_end",
     "presence_audience",
@@ -342,6 +345,13 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def wait(self, now: float) -> float:
+        """The seconds until a token is available at ``now`` (0.0: one is), taking none."""
+        tokens = self.tokens
+        if self.updated is not None:
+            tokens = min(self.burst, tokens + (now - self.updated) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
 
 @attrs.define
 class RateLimiter:
@@ -358,6 +368,15 @@ class RateLimiter:
             bucket = self.buckets[key] = TokenBucket(self.rate, self.burst)
         return bucket.take(now)
 
+    def wait(self, key: str, now: float) -> float:
+        """The seconds until ``key`` may take a token (0.0: now), taking none.
+
+        For limits that count only some outcomes (failed logins): check before the work,
+        :meth:`take` once the outcome is known.
+        """
+        bucket = self.buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait(now)
+
     def forget_idle(self, now: float) -> None:
         """Drop the buckets that have refilled completely (they carry no state)."""
         idle = [
@@ -368,6 +387,32 @@ class RateLimiter:
         ]
         for key in idle:
             del self.buckets[key]
+
+
+def address_key(host: str | None) -> str:
+    """The key under which a client address is limited: the address itself for IPv4, its
+    /64 network for IPv6 (one host commonly holds a whole /64)."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def login_keys(address: str, user: str) -> tuple[str, str]:
+    """The keys of the failed-login limits: per address, and per (address, user name).
+
+    There is no limit of failures per user name alone: then anyone could lock a victim out
+    by hammering wrong passwords for their name. A victim logs in from an address of their
+    own, whose buckets the attacker cannot drain.
+    """
+    return address, f"{address} {user}"
 
 
 def retry_after_ms(wait_s: float) -> int:

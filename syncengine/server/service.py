@@ -78,6 +78,13 @@ class ServerService:
         self.hub = Hub(config, self.storage)
         self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
         self.login_limiter = rules.RateLimiter(config.login_rate_per_s, config.login_burst)
+        self.login_fail_limiter = rules.RateLimiter(
+            config.login_fail_rate_per_s, config.login_fail_burst
+        )
+        self.login_fail_ip_limiter = rules.RateLimiter(
+            config.login_fail_ip_rate_per_s, config.login_fail_ip_burst
+        )
+        self.register_limiter = rules.RateLimiter(config.register_rate_per_s, config.register_burst)
         self.on_login: list[Callable[[str], None]] = []
         self.simulator: Simulator | None = None
 
@@ -115,15 +122,25 @@ class ServerService:
 
     # --- identity ------------------------------------------------------------------------
 
-    def _limit(self, limiter: rules.RateLimiter, key: str) -> None:
+    def _limit(
+        self,
+        limiter: rules.RateLimiter,
+        key: str,
+        *,
+        take: bool = True,
+        reason: str = "too many requests; slow down",
+    ) -> None:
+        """Take a token of ``key`` (only check that one is there unless ``take``).
+
+        Raises:
+            RateLimited: none is there, with the wait.
+        """
         now = time.monotonic()
         if len(limiter.buckets) > _LIMITER_SWEEP:
             limiter.forget_idle(now)
-        wait = limiter.take(key, now)
+        wait = limiter.take(key, now) if take else limiter.wait(key, now)
         if wait > 0:
-            raise RateLimited(
-                "too many requests; slow down", retry_after_ms=rules.retry_after_ms(wait)
-            )
+            raise RateLimited(reason, retry_after_ms=rules.retry_after_ms(wait))
 
     def authenticate(self, authorization: str) -> tuple[str, str]:
         """The ``(user, device)`` of an ``Authorization`` header, rate-limited per user.
@@ -158,16 +175,35 @@ class ServerService:
         digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
         self.storage.set_password(user, salt, digest, params)
 
-    async def login(self, user: str, password: str, device: str) -> LoginResponse:
+    async def login(
+        self, user: str, password: str, device: str, address: str = ""
+    ) -> LoginResponse:
         """Check (or, with open registration, create) a user and issue a token.
+
+        Limits (each answered ``429`` with the wait): failed logins per client address and
+        per (address, user name), checked before the password is (so a flood costs no
+        hashing); registrations per address; successful logins per user name. A wrong
+        password from one address never refuses the right one from another.
+
+        Args:
+            user: the user name.
+            password: the password.
+            device: the device name.
+            address: the client's address (its limits' key, see
+                :func:`~syncengine.server.rules.address_key`).
 
         Raises:
             BadCredentials: unknown user or wrong password.
             RateLimited: too many attempts.
         """
-        self._limit(self.login_limiter, user)
+        by_address, by_name = rules.login_keys(rules.address_key(address), user)
+        slow = "too many failed logins; slow down"
+        self._limit(self.login_fail_ip_limiter, by_address, take=False, reason=slow)
+        self._limit(self.login_fail_limiter, by_name, take=False, reason=slow)
+        self._limit(self.login_limiter, user, take=False)
         record = self.storage.password_record(user)
         if record is None and self.config.registration_open:
+            self._limit(self.register_limiter, by_address, reason="too many new users; slow down")
             salt = os.urandom(16)
             params = rules.scrypt_params(self.config.scrypt_n)
             digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
@@ -175,7 +211,11 @@ class ServerService:
                 log.info("registered user %s", user)
             record = self.storage.password_record(user)
         if record is None or not await asyncio.to_thread(_verify, password, record):
+            now = time.monotonic()
+            self.login_fail_ip_limiter.take(by_address, now)
+            self.login_fail_limiter.take(by_name, now)
             raise BadCredentials("unknown user or wrong password")
+        self._limit(self.login_limiter, user)
         token = self.storage.issue_token(user, device, self.config.token_ttl_s)
         log.info("login user=%s device=%s", user, device)
         for hook in self.on_login:
