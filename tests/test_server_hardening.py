@@ -5,6 +5,11 @@ logins and registrations, the connection guard and the log's repeat filter.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import socket
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -17,8 +22,16 @@ from syncengine.protocol.errors import Rejection
 from syncengine.server import service as service_module
 from syncengine.server.app import create_app
 from syncengine.server.config import ServerConfig
+from syncengine.server.guard import (
+    FD_RESERVE,
+    ConnectionGuard,
+    ConnectionLimits,
+    connection_limits,
+)
+from syncengine.server.logfilter import RepeatFilter
 from syncengine.server.service import ServerService
-from tests.conftest_server import make_config, open_api
+from syncengine.server.testing import login, run_server
+from tests.conftest_server import live, make_config, open_api
 
 #: 5,000 control characters: 30,000 bytes once escaped.
 HEAVY = "\x01" * 5_000
@@ -179,3 +192,195 @@ async def test_the_login_route_passes_the_client_address(tmp_path: Path) -> None
                 assert response.headers["Retry-After"].isdigit()
     finally:
         app.state.core.close()
+
+
+# --- the connection guard -----------------------------------------------------------------
+
+
+def test_connection_caps_leave_descriptors_for_everything_else() -> None:
+    small = connection_limits(256, None, 128)
+    assert small.max_connections + 4 * small.accept_batch + FD_RESERVE <= 256
+    assert small.per_address == 128 and small.per_address < small.max_connections
+    assert connection_limits(256, 50, None).max_connections == 50  # a lower cap holds
+    assert connection_limits(256, 10_000, None).max_connections == small.max_connections
+    big = connection_limits(1 << 20, None, None)
+    assert big.accept_batch == 2048 and big.max_connections > 900_000
+    assert connection_limits(10, None, None).max_connections >= 8  # never nothing
+
+
+class FakeConnection:
+    def __init__(self, waiting: bool = True) -> None:
+        self.waiting = waiting
+        self.evicted = False
+
+    def waiting_for_head(self) -> bool:
+        return self.waiting and not self.evicted
+
+    def evict(self) -> None:
+        self.evicted = True
+
+
+def test_the_guard_caps_connections_per_address_and_releases_them() -> None:
+    guard = ConnectionGuard(ConnectionLimits(max_connections=10, per_address=2, accept_batch=8))
+    a, b, c = object(), object(), object()
+    assert guard.admit(a, "10.0.0.1") and guard.admit(b, "10.0.0.1")
+    assert not guard.admit(c, "10.0.0.1")  # a third from that address
+    assert guard.admit(c, "10.0.0.2")  # another address is not affected
+    assert (guard.open_from("10.0.0.1"), guard.open_connections, guard.refused) == (2, 3, 1)
+    guard.release(a)
+    guard.release(a)  # idempotent
+    assert guard.open_from("10.0.0.1") == 1 and guard.admit(object(), "10.0.0.1")
+    # IPv6: one /64 is one client
+    assert guard.admit(object(), "2001:db8::1") and guard.admit(object(), "2001:db8::2")
+    assert not guard.admit(object(), "2001:db8::3")
+
+
+def test_at_the_total_cap_the_longest_waiting_connection_makes_room() -> None:
+    guard = ConnectionGuard(ConnectionLimits(max_connections=3, per_address=None, accept_batch=8))
+    conns = [object() for _ in range(3)]
+    fakes = [FakeConnection(), FakeConnection(), FakeConnection()]
+    for conn, fake in zip(conns, fakes, strict=True):
+        assert guard.admit(conn, f"10.0.0.{len(guard._open) + 1}")
+        guard.waiting(conn, fake)
+    fakes[0].waiting = False  # the oldest is busy with a request: it stays
+    newcomer = object()
+    assert guard.admit(newcomer, "10.0.0.9")
+    assert [f.evicted for f in fakes] == [False, True, False] and guard.evicted == 1
+    assert guard.open_connections == 3
+    for fake in fakes:
+        fake.waiting = False
+    assert not guard.admit(object(), "10.0.0.10")  # nobody waits: refused
+    assert guard.refused == 1
+
+
+def test_refusals_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    guard = ConnectionGuard(
+        ConnectionLimits(max_connections=1, per_address=None, accept_batch=8),
+        clock=lambda: now[0],
+    )
+    guard.admit(object(), "10.0.0.1")
+    with caplog.at_level(logging.WARNING, logger="syncengine.server"):
+        for _ in range(500):
+            guard.admit(object(), "10.0.0.2")
+        now[0] = 11.0
+        guard.admit(object(), "10.0.0.2")
+    lines = [r.getMessage() for r in caplog.records if r.name == "syncengine.server"]
+    assert len(lines) == 2 and guard.refused == 501
+    assert lines[1].startswith("refused 500 connection(s)")
+
+
+def test_the_repeat_filter_collapses_a_flood_of_one_error_and_counts_it() -> None:
+    now = [0.0]
+    repeat = RepeatFilter(interval_s=10, burst=3, clock=lambda: now[0])
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(repeat)
+    logger = logging.getLogger("syncengine.test.repeat")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    def accept_failed(i: int) -> None:
+        logger.error("accept failed: %d", i)  # one call site, varying text
+
+    try:
+        for i in range(1000):
+            accept_failed(i)
+        logger.error("another call site")
+        now[0] = 10.0
+        accept_failed(1000)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = out.getvalue().splitlines()
+    assert lines[:4] == [
+        "accept failed: 0",
+        "accept failed: 1",
+        "accept failed: 2",
+        "another call site",
+    ]
+    assert lines[4] == "accept failed: 1000 [and 997 more like it in the previous 10 s, not logged]"
+    assert len(lines) == 5 and repeat.dropped == 997
+
+
+def test_a_record_seen_by_two_handlers_is_judged_once() -> None:
+    repeat = RepeatFilter(interval_s=10, burst=1, clock=lambda: 0.0)
+    record = logging.LogRecord("x", logging.ERROR, "f.py", 1, "m", None, None)
+    assert repeat.filter(record) and repeat.filter(record)  # the same record: the same verdict
+    again = logging.LogRecord("x", logging.ERROR, "f.py", 1, "m", None, None)
+    assert not repeat.filter(again)
+
+
+def _raw_connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_unfinished_request_heads_time_out_on_real_sockets(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "srv", header_timeout_s=0.5) as srv:
+        silent = _raw_connect(srv.port)
+        half = _raw_connect(srv.port)
+        half.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+        try:
+            started = time.monotonic()
+            assert await asyncio.to_thread(_closed_by_server, silent, 5)
+            assert await asyncio.to_thread(_closed_by_server, half, 5)
+            assert time.monotonic() - started < 3
+            assert srv.guard is not None and srv.guard.timed_out == 2
+            async with httpx.AsyncClient(base_url=srv.url) as client:  # others still served
+                assert (await client.get("/v1/health")).status_code == 200
+        finally:
+            silent.close()
+            half.close()
+
+
+async def test_connections_past_the_address_cap_are_refused_on_real_sockets(
+    tmp_path: Path,
+) -> None:
+    async with run_server(tmp_path / "srv", max_connections_per_ip=3) as srv:
+        held = [_raw_connect(srv.port, "127.0.0.2") for _ in range(3)]
+        extra = _raw_connect(srv.port, "127.0.0.2")
+        try:
+            assert await asyncio.to_thread(_closed_by_server, extra, 5)  # reset at once
+            assert srv.guard is not None and srv.guard.refused >= 1
+            async with httpx.AsyncClient(
+                base_url=srv.url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1")
+            ) as client:
+                assert (await client.get("/v1/health")).status_code == 200
+            assert srv.guard.open_from("127.0.0.2") == 3
+        finally:
+            for sock in [*held, extra]:
+                sock.close()
+
+
+async def test_a_websocket_keeps_its_place_until_it_closes(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "srv", max_connections_per_ip=1) as srv:
+        token = await login(srv.url, "alice")
+        assert srv.guard is not None
+        ws, _ready = await live(srv.ws_url, token)
+        try:
+            assert srv.guard.open_from("127.0.0.1") == 1
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                with pytest.raises(httpx.TransportError):
+                    await client.get("/v1/health")  # the one place is the WebSocket's
+        finally:
+            await ws.close()
+        deadline = time.monotonic() + 5
+        while srv.guard.open_from("127.0.0.1") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert srv.guard.open_from("127.0.0.1") == 0

@@ -14,6 +14,7 @@ import platformdirs
 from syncengine.clickutil import OneLineCommand
 from syncengine.logs import install_redaction
 from syncengine.server.config import FaultConfig, ServerConfig, is_loopback
+from syncengine.server.logfilter import install_repeat_filter
 
 __all__ = ["default_data_dir", "serve"]
 
@@ -201,6 +202,7 @@ def serve(
         stream=sys.stderr,
     )
     install_redaction()
+    install_repeat_filter()  # a flood of one error is a few lines, not megabytes
     try:
         asyncio.run(_serve(config, users))
     except (OSError, RuntimeError) as exc:

@@ -138,6 +138,18 @@ class ServerConfig:
             sent); at most :data:`~syncengine.protocol.ops.PAGE_BYTES_MAX` (16 MiB, half
             of what the engine accepts).
         shutdown_timeout_s: how long a stopping server waits for open connections.
+        max_connections: open connections in all (``None``: as many as the descriptor limit
+            allows, keeping a reserve); always bounded by the descriptor limit.
+        max_connections_per_ip: open connections per client address (IPv6: per /64);
+            ``None`` for no cap. Past a cap, a new connection is refused at once (reset).
+        header_timeout_s: time a connection has to send a complete request head, from its
+            opening or the end of its previous response (a WebSocket handshake included).
+        keep_alive_timeout_s: an idle keep-alive connection is closed after this long
+            (whole seconds, rounded up).
+        max_header_bytes: largest request head (request line and headers).
+        forwarded_allow_ips: addresses of proxies whose ``X-Forwarded-For`` names the client
+            (comma-separated, or ``*``); ``None`` trusts no such header, so every limit per
+            address uses the connection's own peer.
         simulate: number of simulated bot users (``bot1`` … ``botN``); 0 for none.
         simulate_rate: actions per second of each bot.
         simulate_seed: seed of the bots' choices (``None``: random).
@@ -174,6 +186,12 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     page_bytes: int = attrs.field(default=PAGE_BYTES_DEFAULT)
     shutdown_timeout_s: float = attrs.field(default=5.0, validator=_non_negative)
+    max_connections: int | None = attrs.field(default=None)
+    max_connections_per_ip: int | None = attrs.field(default=128)
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    keep_alive_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    forwarded_allow_ips: str | None = None
     simulate: int = attrs.field(default=0, validator=_non_negative)
     simulate_rate: float = attrs.field(default=0.2, validator=_positive)
     simulate_seed: int | None = None
@@ -193,6 +211,12 @@ class ServerConfig:
     def _check_scrypt_n(self, _attribute: attrs.Attribute[Any], value: int) -> None:
         if value < 2 or value & (value - 1):
             raise ValueError(f"scrypt_n must be a power of two, got {value}")
+
+    @max_connections.validator
+    @max_connections_per_ip.validator
+    def _check_connection_cap(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
     @page_bytes.validator
     def _check_page_bytes(self, _attribute: attrs.Attribute[Any], value: int) -> None:
