@@ -18,6 +18,8 @@ import httpx
 import orjson
 import pytest
 
+from syncengine import MessageFailed, SyncEngine
+from syncengine.models import new_id
 from syncengine.protocol.errors import Rejection
 from syncengine.server import service as service_module
 from syncengine.server.app import create_app
@@ -31,6 +33,7 @@ from syncengine.server.guard import (
 from syncengine.server.logfilter import RepeatFilter
 from syncengine.server.service import ServerService
 from syncengine.server.testing import login, run_server
+from tests.conftest import FAST
 from tests.conftest_server import live, make_config, open_api
 
 #: 5,000 control characters: 30,000 bytes once escaped.
@@ -384,3 +387,95 @@ async def test_a_websocket_keeps_its_place_until_it_closes(tmp_path: Path) -> No
         while srv.guard.open_from("127.0.0.1") and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert srv.guard.open_from("127.0.0.1") == 0
+
+
+# --- who may add whom: block lists --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["asgi", "uvicorn"])
+async def test_a_blocked_user_cannot_add_the_blocker_anywhere(tmp_path: Path, kind: str) -> None:
+    async with open_api(kind, tmp_path) as api:
+        for user in ("bob", "mallory", "carol"):
+            await api.login(user)
+        blocks = "/v1/blocks"
+        assert (await api.client.get(blocks, headers=api.auth("bob"))).json() == {"blocked": []}
+        r = await api.client.put(f"{blocks}/mallory", headers=api.auth("bob"))
+        assert r.status_code == 200 and r.json() == {"blocked": ["mallory"]}
+        assert (await api.client.put(f"{blocks}/mallory", headers=api.auth("bob"))).json() == {
+            "blocked": ["mallory"]
+        }
+
+        # a new conversation with bob in it: refused whole, with the reason
+        r = await api.client.post(
+            "/v1/conversations",
+            json={"id": new_id(), "title": "spam", "members": ["bob", "carol"]},
+            headers=api.auth("mallory"),
+        )
+        assert r.status_code == 403
+        assert r.json() == {
+            "code": "forbidden",
+            "reason": "bob does not accept being added by mallory",
+        }
+        # the same through an operation: that operation is rejected, the batch goes on
+        cid = await api.create("mallory", ["carol"])
+        create_op = {
+            "op_id": new_id(),
+            "kind": "create_conversation",
+            "conversation_id": new_id(),
+            "title": "spam",
+            "members": ["bob"],
+        }
+        send_op = {"op_id": new_id(), "kind": "send", "conversation_id": cid, "body": "hi"}
+        refused, sent = await api.ops("mallory", create_op, send_op)
+        assert (refused["status"], refused["code"], refused["status_code"]) == (
+            "rejected",
+            "forbidden",
+            403,
+        )
+        assert sent["status"] == "applied"
+        # adding bob to an existing conversation: refused for mallory, not for carol
+        add = f"/v1/conversations/{cid}/members"
+        r = await api.client.post(add, json={"user": "bob"}, headers=api.auth("mallory"))
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        r = await api.client.post(add, json={"user": "bob"}, headers=api.auth("carol"))
+        assert r.status_code == 200 and "bob" in r.json()["members"]
+
+        # unblocked: mallory may add bob again
+        r = await api.client.delete(f"{blocks}/mallory", headers=api.auth("bob"))
+        assert r.json() == {"blocked": []}
+        await api.create("mallory", ["bob"])
+
+
+async def test_block_requests_are_checked(tmp_path: Path) -> None:
+    async with open_api("asgi", tmp_path) as api:
+        await api.login("bob")
+        r = await api.client.put("/v1/blocks/bob", headers=api.auth("bob"))
+        assert (r.status_code, r.json()["code"]) == (422, "invalid")
+        r = await api.client.put("/v1/blocks/no%20such%20name", headers=api.auth("bob"))
+        assert (r.status_code, r.json()["code"]) == (422, "invalid")
+        r = await api.client.get("/v1/blocks")
+        assert r.status_code == 401
+        r = await api.client.post("/v1/blocks/x", headers=api.auth("bob"))
+        assert r.status_code == 405
+
+
+@pytest.mark.timeout(60)
+async def test_the_engine_reports_a_refused_creation_as_a_failed_operation(
+    tmp_path: Path,
+) -> None:
+    async with run_server(tmp_path / "srv") as srv:
+        token = await login(srv.url, "bob")
+        async with httpx.AsyncClient(base_url=srv.url) as http:
+            r = await http.put("/v1/blocks/mallory", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+        async with SyncEngine(tmp_path / "mallory.db", **FAST) as mallory:
+            failed: list[MessageFailed] = []
+            mallory.on(MessageFailed, failed.append)
+            await mallory.login(srv.url, "mallory", "mallory-pw")
+            conv = await mallory.create_conversation("spam", ["bob"])
+            deadline = time.monotonic() + 20
+            while not failed and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert failed, "the refused creation never failed"
+            assert (failed[0].conversation_id, failed[0].code) == (conv.id, "forbidden")
+            assert failed[0].reason == "bob does not accept being added by mallory"

@@ -211,3 +211,21 @@ def test_failed_logins_are_keyed_by_address_never_by_name_alone() -> None:
     assert by_address == "10.0.0.1"
     assert by_name != rules.login_keys("10.0.0.2", "bob")[1]  # another address: its own
     assert "bob" not in {by_address}
+
+
+def test_anyone_may_add_a_user_who_has_not_blocked_them() -> None:
+    rules.check_may_add("alice", [])
+    rules.check_may_add("alice", ["alice"])  # adding oneself is never refused
+    with pytest.raises(errors.Forbidden) as exc:
+        rules.check_may_add("mallory", ["carol", "bob", "bob"])
+    assert exc.value.status == 403
+    assert exc.value.reason == "bob, carol does not accept being added by mallory"
+
+
+def test_a_block_list_is_bounded_and_never_holds_oneself() -> None:
+    rules.check_block("bob", "mallory", 0, already=False)
+    rules.check_block("bob", "mallory", rules.MAX_BLOCKS, already=True)  # again: no change
+    with pytest.raises(errors.TooLarge):
+        rules.check_block("bob", "mallory", rules.MAX_BLOCKS, already=False)
+    with pytest.raises(errors.Invalid):
+        rules.check_block("bob", "bob", 0, already=False)

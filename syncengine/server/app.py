@@ -254,6 +254,29 @@ async def presence(core: ServerService, request: Request) -> Response:
     return json_response({"presence": entries})
 
 
+@_endpoint
+async def list_blocks(core: ServerService, request: Request) -> Response:
+    """``GET /v1/blocks``."""
+    user, _device = _user(core, request)
+    return _body(core.blocks(user))
+
+
+@_endpoint
+async def block(core: ServerService, request: Request) -> Response:
+    """``PUT /v1/blocks/{user}``: the caller refuses to be added by ``user``."""
+    user, _device = _user(core, request)
+    other = ops.check_user(request.path_params["user"])
+    return _body(core.set_block(user, other, blocked=True))
+
+
+@_endpoint
+async def unblock(core: ServerService, request: Request) -> Response:
+    """``DELETE /v1/blocks/{user}``."""
+    user, _device = _user(core, request)
+    other = ops.check_user(request.path_params["user"])
+    return _body(core.set_block(user, other, blocked=False))
+
+
 # --- the live channel ---------------------------------------------------------------------
 
 
@@ -380,6 +403,9 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/v1/ops", push_ops, methods=["POST"]),
         Route("/v1/events", pull_events, methods=["GET"]),
         Route("/v1/presence", presence, methods=["GET"]),
+        Route("/v1/blocks", list_blocks, methods=["GET"]),
+        Route("/v1/blocks/{user}", block, methods=["PUT"]),
+        Route("/v1/blocks/{user}", unblock, methods=["DELETE"]),
         WebSocketRoute("/v1/live", live),
     ]
 

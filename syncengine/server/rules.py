@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import orjson
@@ -33,6 +33,7 @@ from syncengine.protocol.errors import (
 from syncengine.protocol.ops import MAX_MEMBERS
 
 __all__ = [
+    "MAX_BLOCKS",
     "MAX_PASSWORD_CHARS",
     "MAX_QUERY_INT",
     "PULL_SCAN_MAX",
@@ -40,7 +41,9 @@ __all__ = [
     "TokenBucket",
     "address_key",
     "applied",
+    "check_block",
     "check_cursor",
+    "check_may_add",
     "check_member_cap",
     "check_password",
     "check_query_int",
@@ -65,6 +68,7 @@ __all__ = [
 
 PULL_SCAN_MAX = 20_000  # log rows one pull may scan for the caller's visible events
 MAX_PASSWORD_CHARS = 1024
+MAX_BLOCKS = 1_000  # users one user may block
 MAX_QUERY_INT = 1 << 62  # query integers are capped here (SQLite integers are 64-bit)
 
 
@@ -91,6 +95,41 @@ def check_member_cap(members: int, already_member: bool) -> None:
     """
     if not already_member and members >= MAX_MEMBERS:
         raise TooLarge(f"more than {MAX_MEMBERS} members")
+
+
+def check_may_add(actor: str, blockers: Iterable[str]) -> None:
+    """Who may add whom: anyone may add a user to a conversation, unless that user has
+    blocked them. A user is never refused for adding themselves.
+
+    Args:
+        actor: who adds (or creates a conversation with members).
+        blockers: those of the users being added who have blocked ``actor``.
+
+    Raises:
+        Forbidden: when any of them has (naming them, so the failed operation says why).
+    """
+    refusing = sorted({user for user in blockers if user != actor})
+    if refusing:
+        raise Forbidden(f"{', '.join(refusing)} does not accept being added by {actor}")
+
+
+def check_block(user: str, other: str, blocked: int, already: bool) -> None:
+    """Check that ``user`` may block ``other``.
+
+    Args:
+        user: who blocks.
+        other: who is blocked.
+        blocked: how many users ``user`` has blocked already.
+        already: ``other`` is one of them (blocking again changes nothing).
+
+    Raises:
+        Invalid: blocking oneself.
+        TooLarge: a new block past :data:`MAX_BLOCKS`.
+    """
+    if other == user:
+        raise Invalid("you cannot block yourself")
+    if not already and blocked >= MAX_BLOCKS:
+        raise TooLarge(f"more than {MAX_BLOCKS} blocked users")
 
 
 def check_password(password: object) -> str:

@@ -23,6 +23,7 @@ import orjson
 
 from syncengine.protocol import codec, ops
 from syncengine.protocol.bodies import (
+    BlockList,
     ConversationList,
     ConversationSnapshot,
     HistoryMessage,
@@ -259,6 +260,26 @@ class ServerService:
         return self.commit(
             lambda tx: writes.set_member(tx, actor, conversation_id, user, present=present)
         )
+
+    def blocks(self, user: str) -> BlockList:
+        """The users ``user`` has blocked."""
+        return BlockList(blocked=tuple(self.storage.blocked_by(user)))
+
+    def set_block(self, user: str, other: str, *, blocked: bool) -> BlockList:
+        """Block or unblock ``other`` for ``user`` (idempotent); the list after the change.
+
+        A blocked user may not add ``user`` to a conversation (a new one or an existing
+        one): that add is refused ``403 forbidden``. Nothing else changes.
+
+        Raises:
+            Invalid: blocking oneself.
+            TooLarge: past the block list's cap.
+        """
+        current = self.storage.blocked_by(user)
+        if blocked:
+            rules.check_block(user, other, len(current), other in current)
+        self.storage.set_blocked(user, other, blocked)
+        return self.blocks(user)
 
     # --- operations and reads ------------------------------------------------------------
 

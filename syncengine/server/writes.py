@@ -83,12 +83,14 @@ def create_conversation(
     Raises:
         Conflict: the id is taken by another creation.
         NotFound: the same creation, but the creator has left since.
+        Forbidden: a member has blocked the creator.
     """
     origin = rules.creation_origin(actor, title, members)
     existing = tx.conversation(conversation_id)
     if existing is not None:
         rules.check_recreation(existing.origin, origin, tx.is_member(conversation_id, actor))
         return False, existing.created_pos, existing.created_ms
+    rules.check_may_add(actor, tx.blockers_of(actor, members))
     row = ConversationRow(
         id=conversation_id,
         title=title,
@@ -128,10 +130,13 @@ def set_member(
 
     Raises:
         NotFound: ``actor`` is not a member.
+        Forbidden: the new member has blocked ``actor``.
         TooLarge: a new member past the cap.
     """
     rules.require_member(tx.is_member(conversation_id, actor))
     already = tx.is_member(conversation_id, user)
+    if present and not already:
+        rules.check_may_add(actor, tx.blockers_of(actor, (user,)))
     if present:
         rules.check_member_cap(len(tx.members(conversation_id)), already)
     if already != present:

@@ -25,6 +25,7 @@ from syncengine.paths import make_private_dirs
 from syncengine.protocol import codec
 from syncengine.protocol.events import DurableEvent
 from syncengine.server.storage.interface import Committed
+from syncengine.server.storage.sqlite_blocks import BlockTables, BlockTx
 from syncengine.server.storage.sqlite_conversations import ConversationReads, ConversationTx
 from syncengine.server.storage.sqlite_log import LogReads, LogTx
 from syncengine.server.storage.sqlite_schema import create_schema
@@ -33,7 +34,7 @@ from syncengine.server.storage.sqlite_users import UserTables
 __all__ = ["SqliteStorage", "SqliteTx"]
 
 
-class SqliteTx(ConversationTx, LogTx):
+class SqliteTx(ConversationTx, LogTx, BlockTx):
     """One open write transaction of a :class:`SqliteStorage` (its lock is held).
 
     Attributes:
@@ -94,7 +95,7 @@ class SqliteTx(ConversationTx, LogTx):
             raise
 
 
-class SqliteStorage(UserTables, ConversationReads, LogReads):
+class SqliteStorage(UserTables, BlockTables, ConversationReads, LogReads):
     """The server's database in one SQLite file. Thread-safe: every call holds one lock.
 
     Args:
