@@ -130,8 +130,13 @@ def emit(
         print(f"   ratio:    {ratio:.2f}")
     verdict = "n/a" if met is None else ("met" if met else "NOT met")
     print(f"   target:   {target} -> {verdict}{' (smoke sizes)' if smoke else ''}")
-    for key, val in extra.items():
-        print(f"   {key}: {_fmt(val) if isinstance(val, float) else val}")
+    for key, val in record.items():
+        if key in extra and key != "more":
+            print(f"   {key}: {_fmt(val) if isinstance(val, float) else val}")
+    for row in record.get("more", []):  # further figures of the same run (run_all: own rows)
+        print(f"== {row['figure']}")
+        print(f"   engine:   {_fmt(row['value'])} {row['unit']}  baseline: {_fmt(row['baseline'])}")
+        print(f"   ratio:    {row['ratio']:.2f}  target: {row['target']} -> {row['met']}")
     print("BENCH " + json.dumps(record, sort_keys=True), flush=True)
     return record
 
@@ -139,6 +144,10 @@ def emit(
 def _round(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4 if abs(value) < 10 else 1)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_round(v) for v in value]
     return value
 
 
@@ -266,9 +275,26 @@ class Child:
         self.stop()
 
 
-def server_process(data_dir: Path) -> Child:
-    """The reference server in a child process on 127.0.0.1 (``.url`` is ``http://...``)."""
-    return Child(["serve", str(data_dir)])
+def server_process(data_dir: Path, **overrides: Any) -> Child:
+    """The reference server in a child process on 127.0.0.1 (``.url`` is ``http://...``).
+
+    ``overrides`` are :class:`ServerConfig` fields over :data:`SERVER_OVERRIDES` (e.g.
+    ``**DEFAULT_LIMITS`` to run with the server's default request-rate limits).
+    """
+    args = ["serve", str(data_dir)]
+    if overrides:
+        args.append(json.dumps(overrides))
+    return Child(args)
+
+
+def default_limits() -> dict[str, Any]:
+    """The reference server's default REST request-rate limits (``ServerConfig``'s own)."""
+    import attrs
+
+    from syncengine.server.config import ServerConfig
+
+    fields = attrs.fields(ServerConfig)
+    return {"rate_per_s": fields.rate_per_s.default, "rate_burst": fields.rate_burst.default}
 
 
 def feeder_process(mode: str, n: int, *, head: int = 0, seed: int = 1) -> Child:
@@ -285,10 +311,11 @@ async def _stdin_closed() -> None:
     await loop.run_in_executor(None, sys.stdin.read)
 
 
-async def _serve_main(data_dir: str) -> None:
+async def _serve_main(data_dir: str, overrides: str | None = None) -> None:
     from syncengine.server.testing import run_server
 
-    async with run_server(data_dir, **SERVER_OVERRIDES) as srv:
+    settings = {**SERVER_OVERRIDES, **(json.loads(overrides) if overrides else {})}
+    async with run_server(data_dir, **settings) as srv:
         print(f"URL {srv.url}", flush=True)
         await _stdin_closed()
 
@@ -526,14 +553,209 @@ async def logged_in_engine(db: Path, url: str, user: str, **options: Any) -> Any
     return engine
 
 
+# --- catch-up as users run it: whole processes ----------------------------------------------------
+
+RAW_PULL = HERE / "rawpull.py"
+
+
+def cli_command(db: Path, *args: str) -> list[str]:
+    """``syncengine --db DB ARGS...`` as this interpreter runs it (``python -m syncengine.cli``)."""
+    return [sys.executable, "-m", "syncengine.cli", "--db", str(db), *args]
+
+
+def catchup_setup(tmp: Path, n: int, held: int, *, seed: int) -> int:
+    """A server log of ``n`` new messages for alice (``tmp/server``, bulk-loaded, from pos
+    ``held + 1``) and a template store ``tmp/template.db`` holding ``held`` messages with its
+    cursor at ``held``: a user who was away while ``n`` messages arrived. Returns the head."""
+    server_bulk_load(tmp / "server", "alice", message_events(n, held + 1, seed=seed))
+    prefill_store(tmp / "template.db", held, cursor=held)
+    return held + n
+
+
+async def login_store(db: Path, url: str, user: str = "alice") -> None:
+    """Log the store in to ``url`` (its token file beside it), then fold its WAL back."""
+    engine = await logged_in_engine(db, url, user)
+    await engine.close()
+    conn = sqlite3.connect(str(db))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def copy_account(src: Path, dst: Path) -> Path:
+    """Copy a logged-in (checkpointed) store and its token file; returns ``dst``."""
+    import shutil
+
+    copy_store(src, dst)
+    shutil.copyfile(f"{src}.token", f"{dst}.token")
+    os.chmod(f"{dst}.token", 0o600)
+    return dst
+
+
+def point_store_at(db: Path, url: str) -> None:
+    """Record ``url`` as the store's server (another server process on the same data)."""
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'server'", (url,))
+    finally:
+        conn.close()
+
+
+def store_position(db: Path) -> tuple[int, int]:
+    """``(cursor, message count)`` of a store, read with a connection of its own."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT pos FROM cursors WHERE stream = 'events'").fetchone()
+        count = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        conn.close()
+    return (int(row[0]) if row else 0), int(count)
+
+
+def _stop_pid(proc: subprocess.Popen[Any], sig: int | None = None, wait: float = 15.0) -> None:
+    """Stop one child by its pid (``sig``, default SIGKILL) and reap it."""
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL if sig is None else sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Run:
+    """One finished process: wall seconds from spawn to exit, CPU seconds (user + system, all
+    its threads), exit status, output."""
+
+    __slots__ = ("cpu", "err", "out", "seconds", "status")
+
+    def __init__(self, seconds: float, cpu: float, status: int, out: str, err: str) -> None:
+        self.seconds, self.cpu, self.status, self.out, self.err = seconds, cpu, status, out, err
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a running process (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_process(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None) -> Run:
+    """Run ``cmd`` to its end (killed by pid after ``timeout``: status -9). Its CPU time is
+    the growth of this process's reaped-children usage, so run one at a time."""
+    environ = {**os.environ, **(env or {})}
+    cpu = _children_cpu()
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=environ
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_pid(proc)
+        out, err = proc.communicate()
+    seconds = time.perf_counter() - t
+    return Run(
+        seconds,
+        _children_cpu() - cpu,
+        proc.returncode,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
+
+
+def run_raw_pull(
+    url: str, db: Path, since: int, page: int, *, timeout: float = 60.0, mode: str = "FULL"
+) -> tuple[Run, dict[str, Any]]:
+    """The raw loop (``rawpull.py``) as a process: the run and its own JSON report. ``mode``:
+    the store's ``synchronous`` (``FULL``, ``NORMAL``) or ``PULL`` (nothing written)."""
+    run = run_process(
+        [sys.executable, str(RAW_PULL), url, str(db), str(since), str(page), mode],
+        timeout=timeout,
+    )
+    if run.status != 0:
+        raise RuntimeError(f"rawpull.py exited {run.status}: {run.err.strip()[-2000:]}")
+    return run, json.loads(run.out.strip().splitlines()[-1])
+
+
+def run_daemon_until(
+    db: Path, head: int, *, timeout: float = 60.0, poll_s: float = 0.005
+) -> tuple[Run, str]:
+    """Start ``syncengine daemon`` on ``db``; the seconds from spawn until its store's cursor
+    reaches ``head`` (read from another connection every ``poll_s``) and its CPU time by then.
+    Then SIGTERM (by pid). Returns the run (status: the daemon's exit status) and its log;
+    raises when the head is not reached in time."""
+    import signal
+
+    log_path = Path(f"{db}.daemon.log")
+    seconds = cpu = None
+    with log_path.open("wb") as log:
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            cli_command(db, "daemon"), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                deadline = t + timeout
+                while time.perf_counter() < deadline:
+                    row = conn.execute("SELECT pos FROM cursors WHERE stream = 'events'").fetchone()
+                    if row and row[0] >= head:
+                        seconds = time.perf_counter() - t
+                        cpu = proc_cpu(proc.pid)
+                        break
+                    if proc.poll() is not None:
+                        break
+                    time.sleep(poll_s)
+            finally:
+                conn.close()
+        finally:
+            _stop_pid(proc, signal.SIGTERM)
+    text = log_path.read_text(errors="replace")
+    if seconds is None or cpu is None:
+        raise RuntimeError(
+            f"the daemon did not reach head {head} (exit {proc.returncode}):\n" + text[-2000:]
+        )
+    return Run(seconds, cpu, proc.returncode, "", text), text
+
+
+def run_daemon_for(db: Path, window: float) -> tuple[int, str]:
+    """Run ``syncengine daemon`` on ``db`` for ``window`` seconds from spawn, then SIGTERM (by
+    pid). Returns how far its cursor moved, and its log."""
+    import signal
+
+    start = store_position(db)[0]
+    log_path = Path(f"{db}.daemon.log")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cli_command(db, "daemon"), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(window)
+        finally:
+            _stop_pid(proc, signal.SIGTERM)
+    return store_position(db)[0] - start, log_path.read_text(errors="replace")
+
+
 def main(argv: Sequence[str]) -> None:
-    """``benchlib.py serve DATA_DIR`` or ``benchlib.py feed MODE N HEAD SEED``."""
+    """``benchlib.py serve DATA_DIR [OVERRIDES_JSON]`` or ``benchlib.py feed MODE N HEAD SEED``."""
     if argv[:1] == ["serve"]:
-        asyncio.run(_serve_main(argv[1]))
+        asyncio.run(_serve_main(argv[1], argv[2] if len(argv) > 2 else None))
     elif argv[:1] == ["feed"]:
         asyncio.run(_feed_main(argv[1], int(argv[2]), int(argv[3]), int(argv[4])))
     else:
-        raise SystemExit("usage: benchlib.py serve DATA_DIR | feed MODE N HEAD SEED")
+        raise SystemExit("usage: benchlib.py serve DATA_DIR [JSON] | feed MODE N HEAD SEED")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,11 @@ from syncengine.models import (
 
 if _typing.TYPE_CHECKING:
     from syncengine.blocking import BlockingEngine
-    from syncengine.engine import SyncEngine
+    from syncengine.client.engine import SyncEngine
 
 __version__ = "0.1.0"
 
-_LAZY = {"SyncEngine": "syncengine.engine", "BlockingEngine": "syncengine.blocking"}
+_LAZY = {"SyncEngine": "syncengine.client.engine", "BlockingEngine": "syncengine.blocking"}
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -86,6 +86,7 @@ def __getattr__(name: str) -> _typing.Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AuthFailed",

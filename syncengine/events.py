@@ -5,6 +5,7 @@ from __future__ import annotations
 from syncengine.protocol.events import *  # noqa: F403
 from syncengine.protocol.events import (
     SERVER_EVENT_TYPES,
+    Checkpoint,
     ConnectionStateChanged,
     ConversationUpdated,
     Discontinuity,
@@ -12,6 +13,7 @@ from syncengine.protocol.events import (
     EngineEvent,
     ErrorEvent,
     Event,
+    Gap,
     MessageDeleted,
     MessageFailed,
     MessageQueued,
@@ -29,6 +31,7 @@ from syncengine.protocol.events import (
 
 __all__ = [
     "SERVER_EVENT_TYPES",
+    "Checkpoint",
     "ConnectionStateChanged",
     "ConversationUpdated",
     "Discontinuity",
@@ -36,6 +39,7 @@ __all__ = [
     "EngineEvent",
     "ErrorEvent",
     "Event",
+    "Gap",
     "MessageDeleted",
     "MessageFailed",
     "MessageQueued",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,25 @@ def seed() -> int:
     value = int(os.environ.get("SYNCENGINE_SEED") or random.randrange(1 << 30))
     print(f"SYNCENGINE_SEED={value}")
     return value
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One PostgreSQL server for the session (``tests/services/postgres.py``); each test takes
+    a fresh database from it with ``postgres.fresh()``. Skips where no binaries exist."""
+    from tests.services import postgres as pg
+
+    reason = pg.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    # Not under pytest's 0700 temp root: the server runs as the ``postgres`` user when root.
+    base = Path(tempfile.mkdtemp(prefix="syncengine-pg-"))
+    base.chmod(0o711)  # traversable by the ``postgres`` user, not listable
+    try:
+        with pg.postgres_server(base / "pg") as srv:
+            yield pg.PostgresPool(srv)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -51,7 +51,8 @@ def test_full_jitter_is_bounded_by_the_cap_and_spans_zero_to_ceiling() -> None:
     assert full_jitter(0, base=0.5, cap=30, rng=lambda: 1.0) == 0.5
     assert full_jitter(3, base=0.5, cap=30, rng=lambda: 1.0) == 4.0
     # After the cap the ceiling stays at the cap, and the jitter still spreads clients over
-    # [0, cap] (pitfall 9: jitter applied after the cap, not before).
+    # [0, cap]: jitter is applied after the cap, so clients that reached it do not reconnect
+    # in step.
     assert full_jitter(20, base=0.5, cap=30, rng=lambda: 1.0) == 30.0
     assert full_jitter(20, base=0.5, cap=30, rng=lambda: 0.25) == 7.5
     assert full_jitter(10_000, base=0.5, cap=30, rng=lambda: 0.5) == 15.0

@@ -50,7 +50,7 @@ def test_every_public_name_has_a_docstring() -> None:
                 if attr.startswith("_") or not inspect.isfunction(member):
                     continue
                 if not (member.__doc__ or "").strip() and obj.__module__.startswith(
-                    ("syncengine.engine", "syncengine.store", "syncengine.blocking")
+                    ("syncengine.client", "syncengine.store", "syncengine.blocking")
                 ):
                     missing.append(f"{name}.{attr}")
     assert not missing, f"public names without a docstring: {missing}"

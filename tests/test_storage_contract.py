@@ -1,8 +1,10 @@
 """The server storage contract: one suite every ``ServerStorage`` implementation must pass.
 
-The ``backend`` fixture is parametrised over the implementations (only SQLite today). A new
-database plugs in by adding an opener to ``BACKENDS``: a function of a directory, a
-retention and a clock that returns a fresh (or reopened) storage there.
+The ``backend`` fixture is parametrised over the implementations: SQLite, and PostgreSQL (a
+fresh database per test on the session's server, see ``tests/services/postgres.py``; skipped
+where no PostgreSQL binaries exist). A new database plugs in by adding an opener to
+``BACKENDS``: a function of a directory, a retention and a clock that returns a fresh (or
+reopened) storage there.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ def _open_sqlite(directory: Path, *, retention: int | None, clock: Callable[[], 
     return SqliteStorage(directory / "server.sqlite3", retention=retention, clock=clock)
 
 
-BACKENDS: dict[str, Opener] = {"sqlite": _open_sqlite}
+def _open_postgres(directory: Path, *, retention: int | None, clock: Callable[[], float]) -> Any:
+    from syncengine.server.storage.postgres import PostgresStorage
+
+    # One database per test directory: a reopen in the same test finds the same database.
+    url = (directory / "postgres.url").read_text()
+    return PostgresStorage(url, retention=retention, clock=clock)
+
+
+BACKENDS: dict[str, Opener] = {"sqlite": _open_sqlite, "postgres": _open_postgres}
 
 
 class Clock:
@@ -63,6 +73,8 @@ class Backend:
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "postgres":
+        (tmp_path / "postgres.url").write_text(request.getfixturevalue("postgres").fresh())
     b = Backend(BACKENDS[request.param], tmp_path)
     try:
         yield b

@@ -1,24 +1,37 @@
-"""The sync state machine, sans I/O.
+"""The sync protocol, sans I/O.
 
 Rules of this file: every transition of the connection and of an outbox item is listed in
-the two tables below, and nothing else moves a state. ``docs/architecture.md`` draws its
-diagrams from these tables (``python -m syncengine.core.sync`` prints them as Mermaid).
+the two tables below, and nothing else moves a state; a move outside the table raises
+:class:`IllegalTransition` (the caller's bug, as h11's ``LocalProtocolError``).
+``docs/architecture.md`` draws its diagrams from these tables (``python -m syncengine.core.sync``
+prints them as Mermaid).
 
-:class:`SyncCore` is fed what the server said (``receive_*``) and drained of what to do next
-(``*_request``, decisions). It keeps no sockets, no SQLite and no clock: the engine passes
-``now`` in and performs the I/O.
+:class:`SyncProtocol` makes every decision of a sync session, in the style of websockets'
+``Protocol``: it is fed what the server said and what the app did (``receive_*``, ``tick(now)``)
+and answers with what to do next: requests to send (``pull_request()``, ``push_round()``,
+``tick()``), what to store (the cursor a batch commits with, push writes, the resync plan),
+events for the app (:meth:`SyncProtocol.receive_applied`) and the next wake-up
+(:meth:`SyncProtocol.next_wakeup`). It keeps no sockets, no SQLite and no clock: the driver
+(``client/session.py``) passes ``now`` in and performs the I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
 
-from syncengine.core.policy import Disposition, classify_status
+from syncengine.core.backoff import Backoff, retry_after
+from syncengine.core.cursor import V1, Cursor, TransportCapabilities, later
+from syncengine.core.emit import EmitFilter
+from syncengine.core.push import PushOutcome, PushRound, op_to_wire, sort_results
+from syncengine.core.requests import CatchUp, PresenceSnapshot, Request
+from syncengine.core.resync import Resync
+from syncengine.core.schedule import Schedule, SyncSettings
 from syncengine.errors import UsageError
-from syncengine.events import ConnectionStateChanged, DurableEvent, ServerEvent
+from syncengine.events import ConnectionStateChanged, Discontinuity, DurableEvent, ServerEvent
 from syncengine.models import ConnectionState as CS
 from syncengine.models import OutboxItem, OutboxState
 from syncengine.wire import EventPage, OpResult
@@ -26,9 +39,12 @@ from syncengine.wire import EventPage, OpResult
 __all__ = [
     "CONNECTION_TRANSITIONS",
     "OUTBOX_TRANSITIONS",
+    "IllegalTransition",
     "LiveDecision",
     "PushOutcome",
     "SyncCore",
+    "SyncProtocol",
+    "check_transition",
     "mermaid",
     "op_to_wire",
 ]
@@ -66,12 +82,32 @@ OUTBOX_TRANSITIONS: dict[tuple[OutboxState, OutboxState], str] = {
 }
 
 
+class IllegalTransition(UsageError):
+    """A connection move the transition table forbids was asked for.
+
+    Like h11's ``LocalProtocolError``: the caller misused the protocol (a bug to fix, never a
+    condition to log and carry on from). The state is left unchanged.
+
+    Attributes:
+        old, new: the refused move.
+    """
+
+    def __init__(self, old: CS, new: CS) -> None:
+        super().__init__(f"no connection transition {old.value} -> {new.value}")
+        self.old = old
+        self.new = new
+
+
 def check_transition(old: CS, new: CS) -> str:
-    """The reason for ``old -> new``; raises UsageError for a transition not in the table."""
+    """The reason for ``old -> new``.
+
+    Raises:
+        IllegalTransition: the move is not in :data:`CONNECTION_TRANSITIONS`.
+    """
     try:
         return CONNECTION_TRANSITIONS[(old, new)]
     except KeyError:
-        raise UsageError(f"no connection transition {old.value} -> {new.value}") from None
+        raise IllegalTransition(old, new) from None
 
 
 def mermaid(table: dict[tuple[Any, Any], str]) -> str:
@@ -80,26 +116,6 @@ def mermaid(table: dict[tuple[Any, Any], str]) -> str:
     for (old, new), why in table.items():
         lines.append(f"    {old.name} --> {new.name}: {why}")
     return "\n".join(lines)
-
-
-def op_to_wire(item: OutboxItem) -> dict[str, Any]:
-    """The JSON object pushed for one outbox item."""
-    out: dict[str, Any] = {
-        "op_id": item.op_id,
-        "kind": item.kind.value,
-        "conversation_id": item.conversation_id,
-    }
-    out.update(item.payload)
-    return out
-
-
-@attrs.define
-class PushOutcome:
-    """How one push round ended, per operation."""
-
-    sent: list[OpResult] = attrs.Factory(list)
-    failed: list[tuple[str, str, str]] = attrs.Factory(list)  # (op_id, code, reason)
-    retry: list[str] = attrs.Factory(list)  # op ids to return to PENDING
 
 
 @attrs.frozen
@@ -111,55 +127,108 @@ class LiveDecision:
         gap: a seq jump was seen: pull from the cursor now.
     """
 
-    cursor: int | None
+    cursor: Cursor | None
     gap: bool
 
 
-class SyncCore:
-    """Sans-I/O sync decisions for one account.
+class SyncProtocol:
+    """Every decision of syncing one account, sans I/O.
 
     Args:
         cursor: the persisted stream position.
         known_seq: highest seq stored per conversation (for gap detection).
-        push_batch: operations per push request.
-        page_limit: events per pull request.
+        push_batch: operations per push request (overrides ``settings``).
+        page_limit: events per pull request (overrides ``settings``).
+        settings: the timers and sizes (default: :class:`SyncSettings`'s defaults).
+        capabilities: what the transport's positions mean (default: protocol v1).
+        rng: the random source of backoff jitter.
     """
 
     def __init__(
         self,
         *,
-        cursor: int = 0,
+        cursor: Cursor = 0,
         known_seq: dict[str, int] | None = None,
-        push_batch: int = 500,
-        page_limit: int = 500,
+        push_batch: int | None = None,
+        page_limit: int | None = None,
+        settings: SyncSettings | None = None,
+        capabilities: TransportCapabilities = V1,
+        rng: Callable[[], float] = random.random,
     ) -> None:
+        s = settings or SyncSettings()
+        if push_batch is not None or page_limit is not None:
+            s = attrs.evolve(
+                s,
+                push_batch=s.push_batch if push_batch is None else push_batch,
+                page_limit=s.page_limit if page_limit is None else page_limit,
+            )
+        self.settings = s
+        self.capabilities = capabilities
         self.state = CS.OFFLINE
-        self.cursor = cursor
+        self.cursor: Cursor = cursor
         self.known_seq: dict[str, int] = dict(known_seq or {})
-        self.push_batch = push_batch
-        self.page_limit = page_limit
-        self.live_head: int | None = None
+        self.live_head: Cursor | None = None
         self.caught_up = False
         self.gaps: set[str] = set()
         # The highest pos a live decision handed out, committed or not (see receive_live).
         self._live_decided = 0
+        self.schedule = Schedule(s)
+        self.emit_filter = EmitFilter()
+        # Waits after a failed request while the session stays up (a push or a pull).
+        self.op_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
+        # Waits for operations the server deferred or rate-limited; reset once LIVE.
+        self.defer_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
+
+    @property
+    def push_batch(self) -> int:
+        """Operations per push request."""
+        return self.settings.push_batch
+
+    @property
+    def page_limit(self) -> int:
+        """Events per pull request."""
+        return self.settings.page_limit
 
     # --- connection state -------------------------------------------------------------------
 
     def transition(self, new: CS, reason: str = "") -> ConnectionStateChanged | None:
-        """Move to ``new`` (validated against the table). None when already there."""
+        """Move to ``new``. None when already there.
+
+        Raises:
+            IllegalTransition: the move is not in the table (the state does not change).
+        """
         old = self.state
         if old is new:
             return None
         why = check_transition(old, new)
         self.state = new
+        if new is CS.LIVE:
+            self.defer_backoff.reset()
         return ConnectionStateChanged(old=old, new=new, reason=reason or why)
+
+    def receive_capabilities(self, capabilities: TransportCapabilities) -> None:
+        """The transport reported what its positions mean."""
+        self.capabilities = capabilities
+
+    def restore(self, cursor: Cursor, known_seq: dict[str, int]) -> None:
+        """Start from what the store holds (at open, and at each session start).
+
+        The persisted cursor is the truth: the in-memory one may follow live events whose
+        batch then failed to commit (disk full, store locked), and pulling from it would
+        skip those events for good (G3: events and cursor are committed together).
+        """
+        self.cursor = cursor
+        self.known_seq = dict(known_seq)
 
     def connection_lost(self) -> None:
         """The live link is gone: live events no longer prove contiguity."""
         self.live_head = None
         self.caught_up = False
         self._live_decided = 0
+
+    def reached_live(self, now: float) -> None:
+        """The session pushed and caught up (state LIVE): start the pull timers."""
+        self.schedule.reached_live(now, live=self.live_head is not None)
 
     # --- push -------------------------------------------------------------------------------
 
@@ -174,39 +243,43 @@ class SyncCore:
 
         An item the server did not answer for is retried (never assumed sent).
         """
-        by_id = {r.op_id: r for r in results}
-        outcome = PushOutcome()
-        for item in items:
-            res = by_id.get(item.op_id)
-            if res is None:
-                outcome.retry.append(item.op_id)
-            elif res.status in ("applied", "duplicate"):
-                outcome.sent.append(res)
-            else:
-                status = res.status_code or 422
-                if classify_status(status) is Disposition.RETRY:
-                    outcome.retry.append(item.op_id)
-                else:
-                    outcome.failed.append(
-                        (item.op_id, res.code or "rejected", res.reason or "rejected by server")
-                    )
-        return outcome
+        return sort_results(items, results)
+
+    def push_round(self, items: Sequence[OutboxItem]) -> PushRound:
+        """Push a claimed batch: bisection of a refused request, Retry-After, writes."""
+        live = self.state is CS.LIVE and self.live_head is not None
+        return PushRound(
+            items, live=live, op_backoff=self.op_backoff, defer_backoff=self.defer_backoff
+        )
 
     # --- pull -------------------------------------------------------------------------------
 
-    def pull_request(self) -> dict[str, int]:
+    def pull_request(self) -> dict[str, Any]:
         """Query of the next ``GET /v1/events``."""
-        return {"since": self.cursor, "limit": self.page_limit}
+        return {"since": self.cursor, "limit": self.settings.page_limit}
+
+    def prefetch_request(self, page: EventPage) -> dict[str, Any] | None:
+        """Query of the page after ``page``, asked before ``page`` is applied (the server's
+        work, the transfer and the decoding overlap the commit); None when it was the last."""
+        if not page.has_more:
+            return None
+        return {"since": self.page_cursor(page), "limit": self.settings.page_limit}
+
+    def page_cursor(self, page: EventPage) -> Cursor:
+        """The cursor a page is committed with (in the same transaction as its events)."""
+        return later(self.cursor, page.next, self.capabilities)
 
     def receive_page(self, page: EventPage) -> bool:
         """Account for a pulled page (already applied with its cursor). True when caught up."""
-        if page.next < self.cursor:
+        nxt = later(self.cursor, page.next, self.capabilities)
+        if nxt != page.next:
             # A server must never move the cursor back; keep ours (G3: never behind stored).
             return not page.has_more
-        self.cursor = page.next
+        self.cursor = nxt
         self._note_seqs(page.events)
         if not page.has_more:
-            self.caught_up = self.live_head is not None
+            # Live events may move an ordered cursor only: an opaque token is the server's.
+            self.caught_up = self.live_head is not None and self.capabilities.ordered_cursor
             self.gaps.clear()
             return True
         return False
@@ -217,9 +290,37 @@ class SyncCore:
             if isinstance(ev, DurableEvent) and known.get(ev.conversation_id, 0) < ev.seq:
                 known[ev.conversation_id] = ev.seq
 
+    def receive_pull_done(self, now: float) -> None:
+        """A catch-up the timer asked for ended well."""
+        self.schedule.pull_done(now)
+
+    def receive_pull_failed(self, exc: BaseException, now: float) -> float:
+        """A catch-up failed while the live link stays up: returns the wait before the next
+        try (the server's Retry-After honoured); no urgent pull happens before then."""
+        delay = self.op_backoff.next(retry_after(exc))
+        self.schedule.pull_failed(now, delay)
+        return delay
+
+    # --- resync -----------------------------------------------------------------------------
+
+    def start_resync(self) -> Resync:
+        """The server refused the cursor (410): the plan that rebuilds the store."""
+        return Resync(self.cursor)
+
+    def resynced(self, head: Cursor, known_seq: dict[str, int] | None = None) -> Discontinuity:
+        """A resync replaced the store's view as of ``head``; the event for the app."""
+        old = self.cursor
+        self.cursor = head
+        self.caught_up = False
+        self._live_decided = 0
+        self.gaps.clear()
+        if known_seq is not None:
+            self.known_seq = dict(known_seq)
+        return Discontinuity(old_cursor=old, new_cursor=head)  # type: ignore[arg-type]
+
     # --- live -------------------------------------------------------------------------------
 
-    def receive_ready(self, head: int) -> None:
+    def receive_ready(self, head: Cursor) -> None:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
         self.caught_up = False
@@ -233,34 +334,84 @@ class SyncCore:
         jump within a known conversation means something was missed: pull at once.
 
         The decision does not move :attr:`cursor` (the position pulls start from): the
-        engine reports the commit with :meth:`committed`, so a pull running meanwhile can
+        driver reports the commit with :meth:`committed`, so a pull running meanwhile can
         never persist a cursor past events whose commit then fails (G3).
         """
         cid = event.conversation_id
         last = self.known_seq.get(cid)
-        gap = last is not None and event.seq > last + 1
+        gap = last is not None and event.seq > last + 1 and self.capabilities.dense_seq
         if last is None or event.seq > last:
             self.known_seq[cid] = event.seq
         if gap:
             self.gaps.add(cid)
             self.caught_up = False
             return LiveDecision(cursor=None, gap=True)
-        if self.caught_up and event.pos > max(self.cursor, self._live_decided):
+        # caught_up is only ever set with an ordered cursor (see receive_page), so the cursor
+        # compares here.
+        if self.caught_up and event.pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
             self._live_decided = event.pos
             return LiveDecision(cursor=event.pos, gap=False)
         return LiveDecision(cursor=None, gap=False)
 
-    def committed(self, cursor: int) -> None:
-        """A live batch and its cursor were committed: pulls continue from there."""
-        if cursor > self.cursor:
-            self.cursor = cursor
+    def receive_live_batch(self, durable: Sequence[DurableEvent]) -> tuple[Cursor | None, bool]:
+        """Decide about a batch of live durable events, in arrival order.
 
-    def resynced(self, head: int) -> None:
-        """A resync replaced the store's view as of ``head``."""
-        self.cursor = head
-        self.caught_up = False
-        self._live_decided = 0
-        self.gaps.clear()
+        Returns:
+            The cursor to commit the batch with (None: leave it) and whether a gap was seen.
+        """
+        cursor: Cursor | None = None
+        gap = False
+        for ev in durable:
+            decision = self.receive_live(ev)
+            if decision.cursor is not None:
+                cursor = decision.cursor
+            gap = gap or decision.gap
+        return cursor, gap
+
+    def committed(self, cursor: Cursor) -> None:
+        """A live batch and its cursor were committed: pulls continue from there."""
+        self.cursor = later(self.cursor, cursor, self.capabilities)
+
+    def receive_bad_frame(self) -> None:
+        """A malformed live frame was quarantined: it may have carried an event, so pull."""
+        self.schedule.want_pull()
+
+    def live_attached(self) -> None:
+        """The live channel came back while polling: pulls become a safety net again."""
+        self.schedule.live_attached()
+
+    # --- events for the app, timers ---------------------------------------------------------
+
+    def receive_applied(
+        self, events: Sequence[ServerEvent], *, listening: bool
+    ) -> list[ServerEvent]:
+        """The events of an applied batch to hand to the app, each durable one once."""
+        return self.emit_filter.receive_applied(events, listening=listening)
+
+    def tick(self, now: float, *, want_live: bool = False) -> list[Request]:
+        """The requests due at ``now`` (monotonic seconds), in the order to perform them.
+
+        Args:
+            now: the monotonic time.
+            want_live: the app asked for the live channel (it is retried while polling).
+        """
+        due = self.schedule.tick(
+            now,
+            gaps=bool(self.gaps),
+            polling_wants_live=want_live and self.live_head is None,
+        )
+        if self.emit_filter.take_presence_stale():
+            # After a catch-up (it may bring more changes), before a live reconnect.
+            due.insert(1 if due and isinstance(due[0], CatchUp) else 0, PresenceSnapshot())
+        return due
+
+    def next_wakeup(self, now: float) -> float:
+        """When :meth:`tick` must be called next, at the latest."""
+        return self.schedule.next_wakeup(now)
+
+
+#: The name the engine used before the protocol owned every decision.
+SyncCore = SyncProtocol
 
 
 if __name__ == "__main__":  # pragma: no cover

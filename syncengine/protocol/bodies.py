@@ -164,7 +164,8 @@ class EventPage:
     more are waiting."""
 
     events: tuple[ServerEvent, ...]
-    next: int
+    #: An int in protocol v1; an opaque string from a Matrix transport (a ``/sync`` token).
+    next: int | str
     has_more: bool
     #: Events that could not be decoded (raw JSON, error): quarantined, passed over.
     bad: tuple[tuple[str, str], ...] = ()
@@ -199,11 +200,14 @@ class OpsResponse:
 
 @attrs.frozen(kw_only=True)
 class HistoryMessage:
-    """A message as ``GET /v1/conversations/{id}/messages`` returns it: its current state."""
+    """A message as ``GET /v1/conversations/{id}/messages`` returns it: its current state.
+
+    ``seq`` is None only from a Matrix transport (its server numbers nothing).
+    """
 
     message_id: str
     conversation_id: str
-    seq: int
+    seq: int | None
     op_id: str | None = None
     sender: str
     body: str
@@ -214,10 +218,16 @@ class HistoryMessage:
 
 @attrs.frozen(kw_only=True)
 class HistoryPageWire:
-    """A page of history, oldest first, with the end-of-history signal."""
+    """A page of history, oldest first, with the end-of-history signal.
+
+    ``prev`` is the token to pass as ``before`` for the next (older) page when the server
+    paginates by token (Matrix); None in protocol v1 (page by the oldest ``seq``), and then
+    not encoded.
+    """
 
     messages: tuple[HistoryMessage, ...]
     end_of_history: bool
+    prev: str | None = None
 
 
 # --- live control frames ------------------------------------------------------------------

@@ -28,7 +28,7 @@ import attrs
 import cattrs
 import orjson
 from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
 from syncengine.errors import WireError
@@ -40,7 +40,9 @@ from syncengine.protocol.bodies import (
 )
 from syncengine.protocol.events import (
     SERVER_EVENT_TYPES,
+    DurableEvent,
     MessageReceived,
+    ReadReceipt,
     ServerEvent,
     UnknownEvent,
 )
@@ -149,6 +151,20 @@ def _make_converter(detailed: bool = True) -> cattrs.Converter:
 
 #: The one converter used by the engine and the reference server.
 converter: cattrs.Converter = _make_converter()
+
+
+def _omit_when_none(conv: cattrs.Converter) -> None:
+    # Fields added for other protocols (Matrix's event ids, history tokens) default to None
+    # and are left out of the encoding then, so every v1 frame keeps its bytes.
+    optional = {"event_id", "read_event_id", "prev"}
+    for cls in (*SERVER_EVENT_TYPES.values(), HistoryPageWire):
+        names = {f.name for f in attrs.fields(cls)} & optional
+        if names:
+            overrides: dict[str, Any] = {n: override(omit_if_default=True) for n in names}
+            conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))
+
+
+_omit_when_none(converter)
 # The hot path structures with a converter that skips cattrs' detailed validation (about 2x
 # faster); only when it fails is the detailed one run, to name the offending field.
 _fast: cattrs.Converter = _make_converter(detailed=False)
@@ -217,7 +233,20 @@ def decode_event(obj: Any, *, where: str = "event") -> ServerEvent:
     if cls is None:
         pos = obj.get("pos")
         return UnknownEvent(raw_type=kind, pos=pos if type(pos) is int else None, data=dict(obj))
-    return structure(obj, cls, where=where)
+    event = structure(obj, cls, where=where)
+    _require_v1_positions(event, where)
+    return event
+
+
+def _require_v1_positions(event: ServerEvent, where: str) -> None:
+    """Protocol v1 numbers every durable event: a null ``pos``/``seq``/``read_seq`` is refused
+    (only a Matrix transport builds events without them, and never from v1 bytes)."""
+    if isinstance(event, DurableEvent):
+        for name in ("pos", "seq"):
+            if getattr(event, name) is None:
+                raise WireError("expected integer, got NoneType", field=f"{where}.{name}")
+    if isinstance(event, ReadReceipt) and event.read_seq is None:
+        raise WireError("expected integer, got NoneType", field=f"{where}.read_seq")
 
 
 def _fast_message(obj: dict[str, Any]) -> MessageReceived | None:
@@ -239,6 +268,7 @@ def _fast_message(obj: dict[str, Any]) -> MessageReceived | None:
         and type(sender) is str
         and type(body) is str
         and (op is None or type(op) is str)
+        and "event_id" not in obj  # never in v1; the converter's path reads it
     ):
         return MessageReceived(
             pos=pos,
@@ -307,7 +337,11 @@ def decode_history(data: bytes | str) -> HistoryPageWire:
     obj = decode_json(data, limit=MAX_PAGE_BYTES)
     if not isinstance(obj, dict):
         raise WireError(f"expected object, got {type(obj).__name__}", field="history")
-    return structure(obj, HistoryPageWire, where="history")
+    page = structure(obj, HistoryPageWire, where="history")
+    for i, message in enumerate(page.messages):
+        if message.seq is None:  # v1 numbers every message (see _require_v1_positions)
+            raise WireError("expected integer, got NoneType", field=f"history.messages[{i}].seq")
+    return page
 
 
 def encode_event(event: ServerEvent) -> dict[str, Any]:

@@ -5,6 +5,13 @@ Server events travel in one tagged JSON format (``"type"`` names the class, see
 and ``seq`` (dense per conversation); ephemeral ones (typing, presence) carry neither and are
 ordered by the server's ``ts_ms``.
 
+Protocol v1 always sends ``pos`` and ``seq`` (the decoder refuses an event without them). A
+transport of another protocol (Matrix, :mod:`syncengine.transport.matrix`) leaves them None and
+names the event by ``event_id`` instead; its stream also carries :class:`Checkpoint` (the cursor
+to commit with everything before it) and :class:`Gap` (a per-conversation hole the transport
+could not fill). The new fields default to None and are left out of the v1 encoding, so v1
+frames stay the same byte for byte.
+
 Engine events are facts in the past tense that the engine emits to ``SyncEngine.events()`` and
 ``SyncEngine.on()`` callbacks; server events are forwarded to the application too, after they
 were applied to the store.
@@ -20,6 +27,7 @@ from syncengine.models import ConnectionState, Message
 
 __all__ = [
     "SERVER_EVENT_TYPES",
+    "Checkpoint",
     "ConnectionStateChanged",
     "ConversationUpdated",
     "Discontinuity",
@@ -27,6 +35,7 @@ __all__ = [
     "EngineEvent",
     "ErrorEvent",
     "Event",
+    "Gap",
     "MessageDeleted",
     "MessageFailed",
     "MessageQueued",
@@ -52,12 +61,17 @@ class ServerEvent:
 
 @attrs.frozen(kw_only=True)
 class DurableEvent(ServerEvent):
-    """A logged event: it has a stream position and a per-conversation sequence number."""
+    """A logged event: it has a stream position and a per-conversation sequence number.
 
-    pos: int
+    ``pos`` and ``seq`` are None only from a transport whose server assigns neither (Matrix);
+    such an event is named by ``event_id`` (None in protocol v1, and then not encoded).
+    """
+
+    pos: int | None
     conversation_id: str
-    seq: int
+    seq: int | None
     ts_ms: int
+    event_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -102,11 +116,16 @@ class ConversationUpdated(DurableEvent):
 
 @attrs.frozen(kw_only=True)
 class ReadReceipt(DurableEvent):
-    """``user`` has read the conversation up to ``read_seq``."""
+    """``user`` has read the conversation up to ``read_seq``.
+
+    A Matrix receipt names an event instead: ``read_seq`` is None and ``read_event_id`` is
+    that event's id (None in protocol v1, and then not encoded).
+    """
 
     type: ClassVar[str] = "read_receipt"
     user: str
-    read_seq: int
+    read_seq: int | None
+    read_event_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -159,6 +178,34 @@ class UnknownEvent(ServerEvent):
     raw_type: str
     pos: int | None = None
     data: dict[str, object] = attrs.field(factory=dict, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class Checkpoint(ServerEvent):
+    """Everything before this in the stream was delivered: ``cursor`` may be committed with it.
+
+    Never on the v1 wire. A transport whose cursors are opaque and unordered (Matrix's
+    ``/sync`` tokens) yields one after the events of each response of its live stream.
+    """
+
+    type: ClassVar[str] = "checkpoint"
+    cursor: int | str
+
+
+@attrs.frozen(kw_only=True)
+class Gap(ServerEvent):
+    """A hole in one conversation's history that the transport could not fill.
+
+    Never on the v1 wire. The events between ``token`` (going back) and ``since`` were not
+    delivered (more than the transport's gap-fill cap); what follows the ``Gap`` is the newest
+    part. The engine marks that conversation's history incomplete (a per-conversation
+    discontinuity) and may page back from ``token`` with ``history``.
+    """
+
+    type: ClassVar[str] = "gap"
+    conversation_id: str
+    token: str
+    since: int | str | None = None
 
 
 SERVER_EVENT_TYPES: dict[str, type[ServerEvent]] = {

@@ -39,6 +39,15 @@ def _load_users(path: Path) -> list[tuple[str, str]]:
     return users
 
 
+def _where(config: ServerConfig) -> str:
+    """Where the data lives, for the banner (a database URL without its password)."""
+    if config.database_url:
+        scheme, _, rest = config.database_url.partition("://")
+        cred, at, host = rest.rpartition("@")
+        return f"{scheme}://{cred.partition(':')[0]}@{host}" if at else config.database_url
+    return str(config.data_dir)
+
+
 async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
     # Imported here: every `syncengine` command registers `serve`, and only `serve` needs
     # Starlette and uvicorn (this keeps the CLI's read commands quick to start).
@@ -55,7 +64,7 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
                 raise click.ClickException(f"--users: {name}: {exc.reason}") from None
         click.echo(f"syncengine server listening on {handle.url}")
         click.echo(
-            f"data: {config.data_dir}  registration: "
+            f"data: {_where(config)}  registration: "
             f"{'open' if config.registration_open else 'closed'}"
             + (f"  simulating {config.simulate} bots" if config.simulate else "")
         )
@@ -85,6 +94,14 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Data directory [default: the platform's user data dir/syncengine/server].",
+)
+@click.option(
+    "--database",
+    "database_url",
+    default=None,
+    metavar="URL",
+    help="postgresql://USER@HOST:PORT/DB: keep everything in PostgreSQL instead of SQLite "
+    "under --data; several servers on one database are nodes of one server.",
 )
 @click.option(
     "--retention",
@@ -238,6 +255,7 @@ def serve(
     host: str,
     port: int,
     data_dir: Path | None,
+    database_url: str | None,
     retention: int | None,
     open_registration: bool | None,
     users_file: Path | None,
@@ -282,6 +300,7 @@ def serve(
             host=host,
             port=port,
             retention=retention,
+            database_url=database_url,
             open_registration=open_registration,
             token_ttl_s=token_ttl,
             simulate=simulate,

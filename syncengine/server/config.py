@@ -154,6 +154,11 @@ class ServerConfig:
         simulate_rate: actions per second of each bot.
         simulate_seed: seed of the bots' choices (``None``: random).
         faults: faults to inject (see :class:`FaultConfig`).
+        database_url: ``postgresql://USER@HOST:PORT/DB``: keep everything in PostgreSQL
+            instead of SQLite under :attr:`data_dir`; several servers on one database are
+            the nodes of one server (see ``docs/server.md``). ``None``: SQLite.
+        cluster_catchup_s: on PostgreSQL, how often a node reads the log for events that
+            other nodes committed, in case a notification was missed.
     """
 
     data_dir: Path = attrs.field(converter=Path)
@@ -196,6 +201,13 @@ class ServerConfig:
     simulate_rate: float = attrs.field(default=0.2, validator=_positive)
     simulate_seed: int | None = None
     faults: FaultConfig = attrs.field(factory=FaultConfig)
+    database_url: str | None = attrs.field(default=None)
+    cluster_catchup_s: float = attrs.field(default=1.0, validator=_positive)
+
+    @database_url.validator
+    def _check_database_url(self, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"the database must be a postgresql:// URL, got {value!r}")
 
     @port.validator
     def _check_port(self, _attribute: attrs.Attribute[Any], value: int) -> None:

@@ -33,7 +33,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import h11
@@ -46,6 +46,8 @@ __all__ = [
     "FD_RESERVE",
     "ConnectionGuard",
     "ConnectionLimits",
+    "GuardedH11Protocol",
+    "GuardedWebSocketProtocol",
     "connection_limits",
     "descriptor_limit",
     "guarded_protocols",
@@ -229,82 +231,99 @@ def _peer_host(transport: asyncio.BaseTransport) -> str:
     return ""
 
 
-def guarded_protocols(guard: ConnectionGuard) -> tuple[type[H11Protocol], type[Any]]:
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol that gives its connection's place back when it closes.
+
+    ``guard`` is set on the subclass :func:`guarded_protocols` makes.
+    """
+
+    guard: ConnectionGuard
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self.guard.release(self.transport)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol that admits connections through the guard and times out
+    unfinished request heads (an :class:`Evictable`).
+
+    ``guard`` is set on the subclass :func:`guarded_protocols` makes.
+    """
+
+    guard: ConnectionGuard
+    _admitted = False
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.guard.admit(transport, _peer_host(transport)):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._admitted = True
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def waiting_for_head(self) -> bool:
+        """True while nothing of a request is in progress (a new head is awaited)."""
+        return (
+            not self.transport.is_closing()
+            and self.transport.get_protocol() is self
+            and self.conn.their_state is h11.IDLE
+            and (self.cycle is None or self.cycle.response_complete)
+        )
+
+    def evict(self) -> None:
+        """Close the connection now (the guard needs its place)."""
+        self._cancel_head_timer()
+        self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return  # refused: nothing of it was set up
+        self._cancel_head_timer()
+        try:
+            super().connection_lost(exc)
+        finally:
+            self.guard.release(self.transport)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request head has the same time
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._cancel_head_timer()
+        super().handle_websocket_upgrade(event)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.guard.header_timeout_s, self._head_timeout)
+        self.guard.waiting(self.transport, self)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.waiting_for_head():
+            self.guard.timed_out += 1
+            log.debug("request head timed out from %s", _peer_host(self.transport))
+            self.transport.abort()
+
+
+def guarded_protocols(
+    guard: ConnectionGuard,
+) -> tuple[type[GuardedH11Protocol], type[GuardedWebSocketProtocol]]:
     """uvicorn's h11 and websockets-sansio protocols, bound to ``guard``.
 
     Returns:
         The HTTP protocol class (for ``uvicorn.Config(http=...)``) and the WebSocket one
         (``ws=...``).
     """
-
-    class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-        """Releases the connection's place when the WebSocket closes."""
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            try:
-                super().connection_lost(exc)
-            finally:
-                guard.release(self.transport)
-
-    class GuardedH11Protocol(H11Protocol):
-        """Admits connections through the guard and times out unfinished request heads."""
-
-        _admitted = False
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            if not guard.admit(transport, _peer_host(transport)):
-                transport.abort()  # type: ignore[attr-defined]
-                return
-            self._admitted = True
-            super().connection_made(transport)  # type: ignore[arg-type]
-            self._arm_head_timer()
-
-        def waiting_for_head(self) -> bool:
-            return (
-                not self.transport.is_closing()
-                and self.transport.get_protocol() is self
-                and self.conn.their_state is h11.IDLE
-                and (self.cycle is None or self.cycle.response_complete)
-            )
-
-        def evict(self) -> None:
-            self._cancel_head_timer()
-            self.transport.abort()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if not self._admitted:
-                return  # refused: nothing of it was set up
-            self._cancel_head_timer()
-            try:
-                super().connection_lost(exc)
-            finally:
-                guard.release(self.transport)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_head_timer()  # the next request head has the same time
-
-        def handle_websocket_upgrade(self, event: h11.Request) -> None:
-            self._cancel_head_timer()
-            super().handle_websocket_upgrade(event)
-
-        def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(guard.header_timeout_s, self._head_timeout)
-            guard.waiting(self.transport, self)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timeout(self) -> None:
-            self._head_timer = None
-            if self.waiting_for_head():
-                guard.timed_out += 1
-                log.debug("request head timed out from %s", _peer_host(self.transport))
-                self.transport.abort()
-
-    return GuardedH11Protocol, GuardedWebSocketProtocol
+    http = type("GuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
+    ws = type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,), {"guard": guard})
+    return http, ws

@@ -25,7 +25,7 @@ from syncengine.server.guard import (
     guarded_protocols,
 )
 from syncengine.server.service import ServerService as ServerCore
-from syncengine.server.storage import ServerStorage, Storage
+from syncengine.server.storage import ServerStorage, open_storage
 
 __all__ = ["LISTEN_BACKLOG", "ServerHandle"]
 
@@ -135,7 +135,7 @@ class ServerHandle:
         if self._core is not None:
             return self._core.storage
         if self._offline_state is None:
-            self._offline_state = Storage(self.config.db_path, retention=self.config.retention)
+            self._offline_state = open_storage(self.config)
         return self._offline_state
 
     @property

@@ -36,7 +36,7 @@ from syncengine.server import rules, writes
 from syncengine.server.config import ServerConfig
 from syncengine.server.live import Hub, LiveConnection
 from syncengine.server.simulate import Simulator
-from syncengine.server.storage import Storage
+from syncengine.server.storage import open_storage
 from syncengine.server.storage.interface import (
     Identity,
     PasswordRecord,
@@ -75,7 +75,7 @@ class ServerService:
 
     def __init__(self, config: ServerConfig, storage: ServerStorage | None = None) -> None:
         self.config = config
-        self.storage: ServerStorage = storage or Storage(config.db_path, retention=config.retention)
+        self.storage: ServerStorage = storage or open_storage(config)
         self.hub = Hub(config, self.storage)
         self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
         self.login_limiter = rules.RateLimiter(config.login_rate_per_s, config.login_burst)
@@ -86,13 +86,23 @@ class ServerService:
             config.login_fail_ip_rate_per_s, config.login_fail_ip_burst
         )
         self.register_limiter = rules.RateLimiter(config.register_rate_per_s, config.register_burst)
+        if config.database_url:
+            # A node of a multi-node server: live fan-out of every node's events, typing
+            # and presence across nodes, shared rate limits.
+            from syncengine.server import cluster
+
+            cluster.attach(self)
         self.on_login: list[Callable[[str], None]] = []
         self.simulator: Simulator | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the simulator, when configured (on the running event loop)."""
+        """Start the simulator, when configured, and a cluster node's listener (on the
+        running event loop)."""
+        start_hub = getattr(self.hub, "start", None)
+        if start_hub is not None:
+            start_hub()
         if self.config.simulate and self.simulator is None:
             self.simulator = Simulator(
                 self,

@@ -27,7 +27,8 @@ import orjson
 from syncengine.core.sync import OUTBOX_TRANSITIONS
 from syncengine.errors import NotFound, UsageError
 from syncengine.models import OpKind, OutboxItem, OutboxState, new_id
-from syncengine.store.validate import _check_text, _validate
+from syncengine.protocol.ops import check_text as _check_text
+from syncengine.protocol.ops import validate_op as _validate
 from syncengine.wire import OpResult
 
 __all__ = [

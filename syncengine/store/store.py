@@ -33,12 +33,12 @@ from syncengine.models import (
     SyncHealth,
     Typing,
 )
+from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
 from syncengine.store import apply, outbox, queries
 from syncengine.store.apply import ApplyResult
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
 from syncengine.store.queries import STREAM
-from syncengine.store.validate import MAX_BODY_CHARS, MAX_TITLE_CHARS
 from syncengine.wire import OpResult
 
 __all__ = [

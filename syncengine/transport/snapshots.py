@@ -50,10 +50,13 @@ class ConversationSnapshot:
 
 @attrs.frozen(kw_only=True)
 class ConversationList:
-    """The user's conversations now, and the stream head when they were read."""
+    """The user's conversations now, and the stream head when they were read.
+
+    ``head`` is an int in protocol v1 and an opaque ``/sync`` token from Matrix.
+    """
 
     conversations: tuple[ConversationSnapshot, ...]
-    head: int
+    head: int | str
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,11 @@
-"""A Hypothesis state machine over the real Store and the sans-I/O SyncCore (G1-G4).
+"""A Hypothesis state machine over the real Store and the sans-I/O SyncProtocol (G1-G4).
 
 The client side is the engine's logic without its sockets: a real :class:`Store` on disk and
-a :class:`SyncCore`, driven the way ``SyncEngine`` drives them (claim -> push -> mark_sent /
-mark_retry / mark_failed; pull -> apply_events with the cursor in one transaction ->
-receive_page; live: receive_ready, receive_live, apply). The server side is an in-memory model
+a :class:`SyncProtocol`, driven the way the engine's session drives them: claim ->
+``push_round`` -> its writes (mark_sent / mark_retry / mark_failed); ``pull_request`` ->
+apply_events with ``page_cursor`` in one transaction -> receive_page; live: receive_ready,
+``receive_live_batch``, apply, committed. Every decision is the protocol's; this file only
+moves data, as ``client/session.py`` does. The server side is an in-memory model
 (:class:`ModelServer`) that deduplicates on (user, device, op_id), as the protocol demands.
 
 Rules inject the faults of the contract: lost requests, lost acknowledgements, lost and
@@ -41,8 +43,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from syncengine.core.sync import SyncCore
-from syncengine.errors import StoreFull
+from syncengine.client.exchange import known_seqs
+from syncengine.core.push import PushStep
+from syncengine.core.sync import SyncProtocol
+from syncengine.errors import ServerUnavailable, StoreFull
 from syncengine.events import ConversationUpdated, DurableEvent, MessageReceived
 from syncengine.models import OpKind, OutboxState
 from syncengine.store import Store
@@ -158,7 +162,7 @@ class Counters:
 
 
 class DeliveryMachine(RuleBasedStateMachine):
-    """The client (Store + SyncCore) against the model server, under faults."""
+    """The client (Store + SyncProtocol) against the model server, under faults."""
 
     dedup = True
     counters = Counters()
@@ -182,20 +186,16 @@ class DeliveryMachine(RuleBasedStateMachine):
     def _open(self) -> Store:
         return Store(self.dir / "client.db", busy_timeout_s=1.0)
 
-    def _new_core(self) -> SyncCore:
+    def _new_core(self) -> SyncProtocol:
         store = self.store
-        return SyncCore(
-            cursor=store.cursor(),
-            known_seq={c.id: c.last_seq for c in store.conversations() if c.last_seq},
-            push_batch=BATCH,
-            page_limit=PAGE,
+        return SyncProtocol(
+            cursor=store.cursor(), known_seq=known_seqs(store), push_batch=BATCH, page_limit=PAGE
         )
 
     def _start_session(self) -> None:
-        """What ``SyncEngine._session`` does first: the persisted cursor is the truth."""
+        """What the session does first: the persisted cursor is the truth."""
         self.core.connection_lost()
-        self.core.cursor = self.store.cursor()
-        self.core.known_seq = {c.id: c.last_seq for c in self.store.conversations() if c.last_seq}
+        self.core.restore(self.store.cursor(), known_seqs(self.store))
         self.session_ended = False
 
     def _end_session(self) -> None:
@@ -205,32 +205,35 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.session_ended = True
 
     def _apply_page(self, page: EventPage, events: list[Any]) -> None:
-        cursor = max(page.next, self.core.cursor)
+        cursor = self.core.page_cursor(page)
         self.store.apply_events(events, cursor=cursor, synced=not page.has_more)
         self.core.receive_page(page)
 
     def _push_once(self, fault: str) -> bool:
-        """One push round, as ``SyncEngine._push_items`` does it. False when nothing was due."""
+        """One push round, as the session performs it. False when nothing was due."""
         items = self.store.claim(BATCH, now=time.time())
         if not items:
             return False
-        ops = self.core.push_request(items)["ops"]
-        ids = [i.op_id for i in items]
-        if fault == "lost_request":
-            self.store.mark_retry(ids, "lost request", time.time())
-            return True
-        results = self.server.push(USER, DEVICE, ops)
-        if fault == "lost_ack":
-            self.store.mark_retry(ids, "lost ack", time.time())
-            return True
-        outcome = self.core.receive_push_results(items, [OpResult(**r) for r in results])
-        for res in outcome.sent:
-            self.store.mark_sent(res)
-        for op_id, code, reason in outcome.failed:
-            self.store.mark_failed(op_id, code, reason)
-        if outcome.retry:
-            self.store.mark_retry(outcome.retry, "deferred", time.time())
+        push = self.core.push_round(items)
+        while (batch := push.next_batch()) is not None:
+            ops = self.core.push_request(batch)["ops"]
+            if fault == "lost_request":
+                self._write(push.receive_error(ServerUnavailable("lost request"), time.time()))
+                continue
+            results = self.server.push(USER, DEVICE, ops)
+            if fault == "lost_ack":
+                self._write(push.receive_error(ServerUnavailable("lost ack"), time.time()))
+                continue
+            self._write(push.receive_results([OpResult(**r) for r in results], time.time()))
         return True
+
+    def _write(self, step: PushStep) -> None:
+        """Apply a push step's writes, as the session does."""
+        self.store.mark_sent_many(step.sent)
+        for failed in step.failed:
+            self.store.mark_failed(failed.item.op_id, failed.code, failed.reason)
+        for retry in step.retry:
+            self.store.mark_retry(retry.op_ids, retry.reason, retry.at)
 
     # --- rules ----------------------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     def pull_page(self, fault: str, r: random.Random | None = None) -> None:
         if self.session_ended:
             self._start_session()
-        page = self.server.pull(self.core.cursor, PAGE)
+        page = self.server.pull(**self.core.pull_request())
         self.pages.append(page)
         if fault == "lost_response":
             self.counters.fault(fault)
@@ -290,19 +293,16 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.core.receive_ready(self.server.head)
         self.live_next = self.server.head + 1
         for _ in range(10_000):
-            page = self.server.pull(self.core.cursor, PAGE)
+            page = self.server.pull(**self.core.pull_request())
             self._apply_page(page, list(page.events))
             if not page.has_more:
                 break
 
     def _decide_live(self, batch: list[DurableEvent]) -> int | None:
-        """``SyncEngine._apply_live``'s decisions: the cursor the batch commits with; the
-        in-memory cursor others pull from is left where it was until the commit."""
-        cursor = None
-        for ev in batch:
-            decision = self.core.receive_live(ev)
-            if decision.cursor is not None:
-                cursor = decision.cursor
+        """The protocol's live decision: the cursor the batch commits with; the in-memory
+        cursor others pull from is left where it was until the commit."""
+        cursor, _gap = self.core.receive_live_batch(batch)
+        assert cursor is None or isinstance(cursor, int)
         return cursor
 
     def _commit_live(self, batch: list[DurableEvent], cursor: int | None) -> None:
@@ -313,7 +313,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.live_next is not None)
     @rule(n=st.integers(1, 5))
     def live_deliver(self, n: int = 5) -> None:
-        """Deliver the next live events, in pos order, in one batch (as ``_apply_live``)."""
+        """Deliver the next live events, in pos order, in one batch (as the session does)."""
         assert self.live_next is not None
         batch = self.server.log[self.live_next - 1 : self.live_next - 1 + n]
         if not batch:
@@ -422,7 +422,7 @@ class DeliveryMachine(RuleBasedStateMachine):
                 if not self._push_once("none"):
                     break
             for _ in range(10_000):
-                page = self.server.pull(self.core.cursor, PAGE)
+                page = self.server.pull(**self.core.pull_request())
                 self._apply_page(page, list(page.events))
                 if not page.has_more:
                     break

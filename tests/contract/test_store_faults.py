@@ -131,7 +131,7 @@ async def test_store_locked_past_the_busy_timeout_is_typed_and_survived(
     hold_s = 30.0 if soak() else 6.0
     if not soak():
         # 30 s against the 5 s default, scaled: 6 s against a 1 s busy timeout.
-        monkeypatch.setattr("syncengine.engine.Store", functools.partial(Store, busy_timeout_s=1.0))
+        monkeypatch.setattr("syncengine.client.engine.Store", functools.partial(Store, busy_timeout_s=1.0))
     alice, bob, cid = await chat(pair)
     before = alice.store.cursor()
     locker = Locker()

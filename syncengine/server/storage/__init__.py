@@ -4,6 +4,8 @@
   :class:`WriteTx` (what any database must offer), and the row types.
 - :mod:`~syncengine.server.storage.sqlite`: :class:`SqliteStorage`, split by concern into
   ``sqlite_users``, ``sqlite_conversations`` and ``sqlite_log``, with ``sqlite_schema``.
+- :mod:`~syncengine.server.storage.postgres`: ``PostgresStorage`` (psycopg 3, the optional
+  extra ``postgres``), shared by several server processes; :func:`open_storage` picks one.
 
 :class:`Storage` is the SQLite storage under its historical name (tests and benchmarks open
 it directly as the server's truth); it adds :meth:`Storage.create_conversation`, a write
@@ -11,6 +13,8 @@ without live fan-out, for seeding a database.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from syncengine.protocol.bodies import ConversationSnapshot
 from syncengine.server.storage.interface import Committed, ServerStorage, WriteTx
@@ -24,7 +28,26 @@ __all__ = [
     "SqliteStorage",
     "Storage",
     "WriteTx",
+    "open_storage",
 ]
+
+
+def open_storage(config: Any) -> ServerStorage:
+    """The storage a :class:`~syncengine.server.config.ServerConfig` names: PostgreSQL when
+    ``config.database_url`` is set, else the SQLite file under ``config.data_dir``.
+
+    Raises:
+        RuntimeError: PostgreSQL asked for but psycopg is missing, or unreachable.
+    """
+    if config.database_url:
+        try:
+            from syncengine.server.storage.postgres import PostgresStorage
+        except ImportError:
+            raise RuntimeError(
+                "--database needs psycopg: pip install 'syncengine[postgres]'"
+            ) from None
+        return PostgresStorage(config.database_url, retention=config.retention)
+    return Storage(config.db_path, retention=config.retention)
 
 
 class Storage(SqliteStorage):

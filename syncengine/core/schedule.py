@@ -1,0 +1,107 @@
+"""When to pull and when to try the live channel again. Pure: ``now`` is passed in (seconds
+on a monotonic clock)."""
+
+from __future__ import annotations
+
+import attrs
+
+from syncengine.core.requests import CatchUp, ConnectLive, Request
+
+__all__ = ["OUTBOX_POLL_S", "Schedule", "SyncSettings", "default_live_retry_s"]
+
+#: The live loop wakes at least this often to look at the outbox: another process (the CLI)
+#: may have queued work without being able to wake this one.
+OUTBOX_POLL_S = 0.25
+
+
+def default_live_retry_s(poll_interval_s: float) -> float:
+    """How long a polling session waits before trying the live channel again.
+
+    Six poll intervals, and never under 30 s: a refused WebSocket (a proxy, a blocked path)
+    is usually refused again, and each try costs a handshake.
+    """
+    return max(poll_interval_s * 6, 30.0)
+
+
+@attrs.frozen(kw_only=True)
+class SyncSettings:
+    """The sync protocol's knobs.
+
+    Attributes:
+        push_batch: operations per push request.
+        page_limit: events per pull request.
+        poll_interval_s: pull interval when the live channel is unavailable.
+        safety_pull_s: pull interval while live, as a safety net.
+        live_retry_s: wait between two tries of the live channel while polling (default:
+            :func:`default_live_retry_s` of the poll interval).
+        backoff_base_s, backoff_cap_s: waits before retrying a single request.
+    """
+
+    push_batch: int = 500
+    page_limit: int = 500
+    poll_interval_s: float = 5.0
+    safety_pull_s: float = 30.0
+    live_retry_s: float = attrs.field(
+        default=attrs.Factory(lambda self: default_live_retry_s(self.poll_interval_s), True)
+    )
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+
+
+class Schedule:
+    """The pull timer (safety net or poll), the urgent-pull gate, and the live-retry timer."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self.interval = settings.safety_pull_s
+        self.next_pull = 0.0
+        self.next_live_try = 0.0
+        self.pull_blocked_until = 0.0
+        self.pull_wanted = False
+
+    def reached_live(self, now: float, *, live: bool) -> None:
+        """The session caught up; ``live``: over the live channel (else polling)."""
+        s = self.settings
+        self.interval = s.safety_pull_s if live else s.poll_interval_s
+        self.next_pull = now + self.interval
+        self.next_live_try = now + s.live_retry_s
+        self.pull_blocked_until = 0.0
+
+    def live_attached(self) -> None:
+        """The live channel came back: pulls become a safety net."""
+        self.interval = self.settings.safety_pull_s
+
+    def want_pull(self) -> None:
+        """Pull soon (a malformed live frame may have carried an event)."""
+        self.pull_wanted = True
+
+    def pull_done(self, now: float) -> None:
+        """A catch-up ended well: the next one is an interval away."""
+        self.next_pull = now + self.interval
+
+    def pull_failed(self, now: float, delay: float) -> None:
+        """A catch-up failed while the live link stays up: retry after ``delay``, and no
+        urgent pull before then either (a gap must not turn a failure into a busy loop)."""
+        self.next_pull = self.pull_blocked_until = now + delay
+
+    def tick(self, now: float, *, gaps: bool, polling_wants_live: bool) -> list[Request]:
+        """What is due at ``now``.
+
+        Args:
+            now: the monotonic time.
+            gaps: a seq gap is open (pull at once).
+            polling_wants_live: the session polls but would rather be live.
+        """
+        due: list[Request] = []
+        urgent = gaps or self.pull_wanted
+        if (urgent and now >= self.pull_blocked_until) or now >= self.next_pull:
+            self.pull_wanted = False
+            due.append(CatchUp())
+        if polling_wants_live and now >= self.next_live_try:
+            self.next_live_try = now + self.settings.live_retry_s
+            due.append(ConnectLive())
+        return due
+
+    def next_wakeup(self, now: float) -> float:
+        """When the driver must call :meth:`tick` next, at the latest."""
+        return min(now + OUTBOX_POLL_S, max(now, self.next_pull))
