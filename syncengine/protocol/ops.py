@@ -41,6 +41,8 @@ __all__ = [
     "MEMBER_KINDS",
     "ReactOp",
     "OP_FIELDS",
+    "PAGE_BYTES_DEFAULT",
+    "PAGE_BYTES_MAX",
     "PULL_LIMIT_DEFAULT",
     "PULL_LIMIT_MAX",
     "CreateConversationOp",
@@ -74,6 +76,13 @@ PULL_LIMIT_DEFAULT = 500
 PULL_LIMIT_MAX = 1_000
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
+# A pull or history page is bounded in bytes as well as in events or messages: the reference
+# server's budget (configurable) may not pass half the body a client accepts
+# (codec.MAX_PAGE_BYTES, 32 MiB), so no legal content yields a page a client refuses. One
+# event alone always fits: the largest legal one (a 16,000-character body of control
+# characters, 6 bytes each once escaped) is under 100 KB.
+PAGE_BYTES_DEFAULT = 4 << 20
+PAGE_BYTES_MAX = 16 << 20
 
 # Integers must fit SQLite's INTEGER at both ends: signed 64 bits.
 _MAX_INT = (1 << 63) - 1

@@ -95,6 +95,8 @@ def create_conversation(
         Conflict: the id is taken by another creation.
         NotFound: the same creation, but the creator has left since.
         UnknownUser: a member has no account on this server.
+
+        Forbidden: a member has blocked the creator.
     """
     origin = rules.creation_origin(actor, title, members)
     existing = tx.conversation(conversation_id)
@@ -103,6 +105,8 @@ def create_conversation(
         return False, existing.created_pos, existing.created_ms
     if known_only:  # the creator is known: they are logged in
         rules.check_known_users(tx.unknown_users(m for m in members if m != actor))
+
+    rules.check_may_add(actor, tx.blockers_of(actor, members))
     row = ConversationRow(
         id=conversation_id,
         title=title,
@@ -150,6 +154,7 @@ def set_member(
 
     Raises:
         NotFound: ``actor`` is not a member.
+        Forbidden: the new member has blocked ``actor``.
         TooLarge: a new member past the cap.
         UnknownUser: the user added has no account on this server.
     """
@@ -165,6 +170,9 @@ def change_member(
     already = tx.is_member(conversation_id, user)
     if present and not already and known_only:
         rules.check_known_users(tx.unknown_users((user,)))
+
+    if present and not already:
+        rules.check_may_add(actor, tx.blockers_of(actor, (user,)))
     if present:
         rules.check_member_cap(len(tx.members(conversation_id)), already)
     if already == present:

@@ -139,6 +139,12 @@ class UserStorage(Protocol):
     def users(self) -> list[str]:
         """Every user name, sorted."""
 
+    def blocked_by(self, user: str) -> list[str]:
+        """The users ``user`` has blocked (who may not add them to a conversation), sorted."""
+
+    def set_blocked(self, user: str, other: str, blocked: bool) -> None:
+        """Block (``blocked=True``) or unblock ``other`` for ``user``; idempotent."""
+
 
 class ConversationStorage(Protocol):
     """Conversations and their members, read outside a write."""
@@ -231,6 +237,9 @@ class ConversationWrites(Protocol):
 
     def snapshot(self, conversation_id: str, viewer: str) -> ConversationSnapshot | None:
         """The conversation as ``viewer`` sees it, or None when it does not exist."""
+
+    def blockers_of(self, actor: str, users: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``users`` who have blocked ``actor``, sorted."""
 
 
 class LogWrites(Protocol):
