@@ -364,7 +364,7 @@ class SyncEngine:
 
     async def health(self) -> SyncHealth:
         """The sync-health summary, derived from the store."""
-        return self.store.health(open_gaps=len(self._session.core.gaps))
+        return self._session.health()
 
     # --- ephemeral --------------------------------------------------------------------------
 

@@ -26,15 +26,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import attrs
 import stamina
 
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
 from syncengine.client.exchange import Exchange, known_seqs
+from syncengine.client.health import HealthNotes, error_doc, health_meta, sync_mode
+from syncengine.client.live_try import LiveTry
 from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
 from syncengine.core.requests import CatchUp, ConnectLive, PresenceSnapshot
+from syncengine.core.schedule import LIVE_GRACE_S
 from syncengine.core.sync import SyncProtocol
 from syncengine.core.typing import TypingThrottle
 from syncengine.errors import (
@@ -51,9 +55,9 @@ from syncengine.errors import (
     WireError,
 )
 from syncengine.events import DurableEvent, ServerEvent, UserPresenceChanged
-from syncengine.models import ConnectionState
+from syncengine.models import ConnectionState, SyncHealth
 from syncengine.store import Store
-from syncengine.transport.base import LiveLink, LiveUnavailable, Transport, make_ssl_context
+from syncengine.transport.base import LiveLink, Transport, make_ssl_context
 
 __all__ = ["Session"]
 
@@ -80,7 +84,9 @@ class Session:
         self.store: Store | None = None
         self.transport: Transport | None = None
         self.link: LiveLink | None = None
-        self.mode = "offline"
+        self.live = LiveTry(self)
+        self.notes = HealthNotes()
+        self._recorded: dict[str, str | None] | None = None
         self.presence_status: str | None = None
         self.last_error: str | None = None
         self.failure: SyncEngineError | None = None
@@ -180,20 +186,70 @@ class Session:
         """Wake the live loop: the outbox has work, or a pull is wanted."""
         self._wake.set()
 
+    @property
+    def mode(self) -> str:
+        """``live``, ``polling`` or ``offline`` (see :func:`~syncengine.client.health.sync_mode`)."""
+        return sync_mode(self.core.state, link=self.link is not None)
+
     def set_state(self, new: ConnectionState, reason: str = "") -> None:
         """Move the connection state, record it (syncing engines only) and emit the change."""
         change = self.core.transition(new, reason)  # IllegalTransition: a bug here
         if change is None:
             return
         log.info("connection %s -> %s (%s)", change.old.value, change.new.value, change.reason)
+        if new is ConnectionState.CONNECTING:
+            self.notes.next_retry_at = None  # the retry is happening
         if self.store is not None and self.config.connect:
             with contextlib.suppress(StoreError):
-                self.store.set_state(new)
+                values = health_meta(self.core, self.notes, self.mode)
+                self.store.set_state(new, **values)
+                self._recorded = values
         self.bus.emit(change)
+
+    def health(self) -> SyncHealth:
+        """The store's health with what this process knows of the sync (gaps, lag, mode,
+        the last error, the next try)."""
+        core = self.core
+        health = self.require_store().health(open_gaps=len(core.gaps))
+        return attrs.evolve(
+            health,
+            lag=core.lag,
+            gaps=len(core.gaps),
+            last_error=self.notes.last_error,
+            next_retry_at=self.notes.next_retry_at,
+            mode=self.mode,
+        )
+
+    def record_health(self) -> None:
+        """Copy the health into the store for ``syncengine status`` (syncing engines only;
+        nothing is written when it has not changed since the last copy)."""
+        values = health_meta(self.core, self.notes, self.mode)
+        if self.store is None or not self.config.connect or values == self._recorded:
+            return
+        with contextlib.suppress(StoreError):
+            self.store.set_meta(**values)
+            self._recorded = values
 
     def _on_backoff(self, exc: BaseException, delay: float) -> None:
         self.last_error = str(exc)
+        self.notes.failed(error_doc(exc), delay)
         self.set_state(ConnectionState.BACKOFF, f"{exc} (retry in {delay:.1f}s)")
+
+    def live_failed(self, exc: BaseException) -> None:
+        """A live handshake failed while REST works: poll, say why, and plan the next try."""
+        retry_in = self.core.receive_live_failed(asyncio.get_running_loop().time())
+        log.warning("live channel unavailable, polling over REST (retry in %.1fs): %s", retry_in, exc)
+        message = f"live channel: {exc or type(exc).__name__}; polling over REST"
+        self.notes.failed(error_doc(exc, kind="live_unavailable") | {"message": message}, retry_in)
+        self.record_health()
+
+    def _live_pending(self) -> None:
+        """REST works and the live handshake has not ended yet: say so while polling."""
+        self.notes.last_error = error_doc(
+            TimeoutError("live channel: handshake not answered yet; polling over REST"),
+            kind="live_pending",
+        )
+        self.record_health()
 
     # --- the runner ---------------------------------------------------------------------
 
@@ -249,35 +305,51 @@ class Session:
         self.core.connection_lost()
         store = self.require_store()
         self.core.restore(store.cursor(), known_seqs(store))
-        link: LiveLink | None = None
-        if self.config.use_live:
-            try:
-                link = await transport.connect_live()
-            except LiveUnavailable as exc:
-                log.warning("live channel unavailable, polling over REST: %s", exc)
         tasks: list[asyncio.Task[Any]] = []
         queue = _LiveBuffer()
         try:
-            if link is not None:
-                self._attach_link(link, queue, tasks)
-            else:
-                self.mode = "polling"
+            # The live handshake runs beside push and catch-up: whatever a middlebox does to
+            # the upgrade, REST keeps the store current meanwhile.
+            if self.config.use_live:
+                self.live.start(transport)
             self.set_state(ConnectionState.SYNCING)
             await self.exchange.push_all()
+            await self._adopt_live(queue, tasks)
+            if self.link is None and self.live.pending:
+                self._live_pending()
             await self.exchange.catch_up()
-            if link is not None and self.presence_status:
-                await link.send_presence(self.presence_status)
-            await self._refresh_presence(transport)
-            self.set_state(ConnectionState.LIVE, self.mode)
-            self.policy.reset()
-            self.core.reached_live(asyncio.get_running_loop().time())
+            if self.link is None and self.live.pending:
+                await self.live.wait(LIVE_GRACE_S)
+                if await self._adopt_live(queue, tasks):
+                    await self.exchange.catch_up()  # from the cursor to past the live head
+            await self._go_live(transport)
             await self._live_loop(transport, queue, tasks)
         except (StoreFull, StoreLocked) as exc:
             # The store refused a write: nothing was committed (cursor unchanged). Treat as
             # transient: back off and try again; the daemon keeps running.
             raise _StoreBusy(str(exc)) from exc
         finally:
+            await self.live.cancel()
             await self._end_session(tasks)
+
+    async def _go_live(self, transport: Transport) -> None:
+        """Pushed and caught up: state LIVE (over the live channel, or polling)."""
+        if self.link is not None and self.presence_status:
+            await self.link.send_presence(self.presence_status)
+        await self._refresh_presence(transport)
+        self.set_state(ConnectionState.LIVE, self.mode)
+        self.policy.reset()
+        self.core.reached_live(asyncio.get_running_loop().time())
+
+    async def _adopt_live(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> bool:
+        """Attach the link of a handshake that ended well; True when one was attached."""
+        if not self.live.done:
+            return False
+        link = self.live.take()
+        if link is None:
+            return False
+        self._attach_link(link, queue, tasks)
+        return True
 
     async def _end_session(self, tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
@@ -288,7 +360,6 @@ class Session:
         if self.link is not None:
             await self.link.close()
         self.link = None
-        self.mode = "offline"
         self.core.connection_lost()
         self.throttle.reset()
         if self.store is not None:
@@ -319,8 +390,10 @@ class Session:
         self, link: LiveLink, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
     ) -> None:
         self.link = link
-        self.mode = "live"
         self.core.receive_ready(link.head)
+        self.core.live_attached()
+        self.notes.recovered()
+        self.record_health()
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(self._read_live(link, queue), name="syncengine-reader"))
         tasks.append(loop.create_task(self._apply_live(queue), name="syncengine-applier"))
@@ -338,6 +411,8 @@ class Session:
         while True:
             now = loop.time()
             await self._wait(tasks, core.next_wakeup(now) - now)
+            if self.live.done:
+                await self._live_back(queue, tasks)
             if self.require_store().due_count(time.time()):
                 await self.exchange.push_all()
             for request in core.tick(loop.time(), want_live=self.config.use_live):
@@ -346,7 +421,7 @@ class Session:
                 elif isinstance(request, PresenceSnapshot):
                     await self._refresh_presence(transport)
                 elif isinstance(request, ConnectLive):
-                    await self._reconnect_live(transport, queue, tasks)
+                    self.live.start(transport)
             for cid, frame in self.throttle.tick(time.monotonic()):
                 await self.send_typing(cid, frame)
 
@@ -362,25 +437,24 @@ class Session:
             log.info("pull failed while live, retrying: %s", exc)
         else:
             self.core.receive_pull_done(loop.time())
+            self.record_health()
 
-    async def _reconnect_live(
-        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
-    ) -> None:
-        try:
-            link = await transport.connect_live()
-        except (LiveUnavailable, TransportError) as exc:
-            log.info("live channel still unavailable: %s", exc)
+    async def _live_back(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> None:
+        """A handshake started while polling ended: when it brought a link, cover the events
+        between the last poll and its head, and report LIVE over the channel."""
+        if not await self._adopt_live(queue, tasks):
             return
-        self._attach_link(link, queue, tasks)
-        self.core.live_attached()
-        await self.exchange.catch_up()  # cover events between the last poll and head
+        await self.exchange.catch_up()
         self.set_state(ConnectionState.SYNCING, "live channel back")
         self.set_state(ConnectionState.LIVE, "live")
 
     async def _wait(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         """Sleep until woken, a live task ends (its error is raised) or ``timeout``."""
         waiter = asyncio.get_running_loop().create_task(self._wake.wait())
-        await asyncio.wait([waiter, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [waiter, *tasks]
+        if self.live.pending and self.live.task is not None:
+            waited.append(self.live.task)  # a handshake that ends is adopted at once
+        await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         self._wake.clear()
         for task in tasks:
@@ -422,6 +496,7 @@ class Session:
                 batch = self._apply_ephemeral(batch)
             self.exchange.emit_new(batch)
             if gap:
+                self.record_health()  # `syncengine status` shows the gap and the lag
                 self.kick()
 
     def _apply_ephemeral(self, batch: list[ServerEvent]) -> list[ServerEvent]:

@@ -172,7 +172,10 @@ class SyncProtocol:
         self.gaps: set[str] = set()
         # The highest pos a live decision handed out, committed or not (see receive_live).
         self._live_decided = 0
-        self.schedule = Schedule(s)
+        self.schedule = Schedule(s, rng=rng)
+        # The highest stream position known to exist on the server (ready frame, live
+        # events, the end of a pull): what ``lag`` is measured against.
+        self.server_head: Cursor | None = None
         self.emit_filter = EmitFilter()
         # Waits after a failed request while the session stays up (a push or a pull).
         self.op_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
@@ -230,6 +233,36 @@ class SyncProtocol:
         """The session pushed and caught up (state LIVE): start the pull timers."""
         self.schedule.reached_live(now, live=self.live_head is not None)
 
+    def live_try_started(self) -> None:
+        """A live handshake was started (at a session's start, or a retry while polling)."""
+        self.schedule.live_try_started()
+
+    def receive_live_failed(self, now: float) -> float:
+        """A live handshake failed while REST works: returns the wait before the next try."""
+        return self.schedule.live_failed(now)
+
+    def live_retry_in(self, now: float) -> float | None:
+        """Seconds until the next live try is due (None: none is planned)."""
+        due = self.schedule.next_live_try
+        return None if due == float("inf") else max(0.0, due - now)
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _saw_head(self, pos: Cursor | None) -> None:
+        if pos is None or not self.capabilities.ordered_cursor:
+            return
+        if self.server_head is None or pos > self.server_head:  # type: ignore[operator]
+            self.server_head = pos
+
+    @property
+    def lag(self) -> int:
+        """Stream positions between the cursor and the server's head as last known (0 when
+        positions are opaque, or nothing is known of the head)."""
+        head, cursor = self.server_head, self.cursor
+        if type(head) is not int or type(cursor) is not int:
+            return 0
+        return max(0, head - cursor)
+
     # --- push -------------------------------------------------------------------------------
 
     def push_request(self, items: Sequence[OutboxItem]) -> dict[str, Any]:
@@ -278,6 +311,7 @@ class SyncProtocol:
         self.cursor = nxt
         self._note_seqs(page.events)
         if not page.has_more:
+            self._saw_head(nxt)
             # Live events may move an ordered cursor only: an opaque token is the server's.
             self.caught_up = self.live_head is not None and self.capabilities.ordered_cursor
             self.gaps.clear()
@@ -311,6 +345,8 @@ class SyncProtocol:
         """A resync replaced the store's view as of ``head``; the event for the app."""
         old = self.cursor
         self.cursor = head
+        self.server_head = None
+        self._saw_head(head)
         self.caught_up = False
         self._live_decided = 0
         self.gaps.clear()
@@ -325,6 +361,7 @@ class SyncProtocol:
         self.live_head = head
         self.caught_up = False
         self._live_decided = 0
+        self._saw_head(head)
 
     def receive_live(self, event: DurableEvent) -> LiveDecision:
         """Decide about one live durable event (it is always applied: merging is idempotent).
@@ -366,6 +403,8 @@ class SyncProtocol:
             if decision.cursor is not None:
                 cursor = decision.cursor
             gap = gap or decision.gap
+        if durable:
+            self._saw_head(durable[-1].pos)
         return cursor, gap
 
     def committed(self, cursor: Cursor) -> None:
@@ -377,7 +416,8 @@ class SyncProtocol:
         self.schedule.want_pull()
 
     def live_attached(self) -> None:
-        """The live channel came back while polling: pulls become a safety net again."""
+        """The live channel is up (at a session's start or back while polling): pulls become
+        a safety net again."""
         self.schedule.live_attached()
 
     # --- events for the app, timers ---------------------------------------------------------

@@ -107,6 +107,10 @@ class WebSocketLink:
     ) -> WebSocketLink:
         """Open, authenticate and wait for ``ready``.
 
+        ``open_timeout`` bounds the upgrade, then again the wait for the ``ready`` frame (a
+        middlebox may accept the upgrade and then pass nothing); the engine derives it from
+        its request timeout (:func:`~syncengine.core.schedule.live_handshake_s`).
+
         Raises:
             LiveUnavailable: the WebSocket handshake was refused (poll over REST instead).
             AuthFailed: the token was refused.

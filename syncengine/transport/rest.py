@@ -158,6 +158,7 @@ class RestTransport:
         )
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.timeout_s = timeout_s
         self._token: str | None = None
         # A 429's Retry-After holds for the whole client, not only the refused request.
         self._gate = RetryAfterGate()
@@ -281,6 +282,7 @@ class RestTransport:
 
     async def connect_live(self) -> LiveLink:
         """Open the live channel with this transport's token and TLS context."""
+        from syncengine.core.schedule import live_handshake_s
         from syncengine.transport.live import WebSocketLink
 
         if self._token is None:
@@ -291,6 +293,7 @@ class RestTransport:
             ssl_context=self.ssl_context if self.live_url.startswith("wss://") else None,
             ping_interval=self.heartbeat_interval_s,
             ping_timeout=self.heartbeat_timeout_s,
+            open_timeout=live_handshake_s(self.timeout_s),
         )
 
     async def aclose(self) -> None:
