@@ -7,7 +7,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["default_db_path", "lock_path", "token_path"]
+__all__ = ["default_db_path", "lock_path", "real_store_path", "token_path"]
 
 
 def default_db_path() -> Path:
@@ -18,11 +18,17 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("syncengine", appauthor=False)) / "syncengine.db"
 
 
+def real_store_path(db_path: str | os.PathLike[str]) -> str:
+    """The store's real path (symlinks resolved): what its lock, pid and token files sit
+    beside, so one store reached through two paths is still one store (one writer: G6)."""
+    return os.path.realpath(os.fspath(db_path))
+
+
 def token_path(db_path: str | os.PathLike[str]) -> Path:
-    """The token file beside a store (mode 0600)."""
-    return Path(f"{db_path}.token")
+    """The token file beside a store's real path (mode 0600)."""
+    return Path(f"{real_store_path(db_path)}.token")
 
 
 def lock_path(db_path: str | os.PathLike[str]) -> Path:
-    """The daemon's single-instance lock file beside a store."""
-    return Path(f"{db_path}.lock")
+    """The single-writer lock file beside a store's real path."""
+    return Path(f"{real_store_path(db_path)}.lock")

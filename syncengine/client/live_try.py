@@ -12,14 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from syncengine.core.schedule import live_handshake_s
 from syncengine.errors import AuthFailed, TLSVerificationFailed, TransportError, WireError
 from syncengine.transport.base import LiveLink, LiveUnavailable, Transport
-
-if TYPE_CHECKING:
-    from syncengine.client.session import Session
 
 __all__ = ["LiveTry", "is_live_fallback"]
 
@@ -45,7 +42,7 @@ class LiveTry:
         session: the session the link is for.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Any) -> None:
         self.session = session
         self.task: asyncio.Task[LiveLink] | None = None
 
@@ -99,7 +96,7 @@ class LiveTry:
             return task.result()
         if not is_live_fallback(exc):
             raise exc
-        self.session.live_failed(exc)
+        self.session.keeper.live_failed(exc)
         return None
 
     async def cancel(self) -> None:

@@ -26,14 +26,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import attrs
 import stamina
 
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
 from syncengine.client.exchange import Exchange, known_seqs
-from syncengine.client.health import HealthNotes, error_doc, health_meta, sync_mode
+from syncengine.client.health import HealthKeeper, error_doc, sync_mode
 from syncengine.client.live_try import LiveTry
 from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
@@ -54,8 +53,9 @@ from syncengine.errors import (
     UsageError,
     WireError,
 )
+from syncengine.local.lock import EngineClaim
 from syncengine.events import DurableEvent, ServerEvent, UserPresenceChanged
-from syncengine.models import ConnectionState, SyncHealth
+from syncengine.models import ConnectionState
 from syncengine.store import Store
 from syncengine.transport.base import LiveLink, Transport, make_ssl_context
 
@@ -85,8 +85,8 @@ class Session:
         self.transport: Transport | None = None
         self.link: LiveLink | None = None
         self.live = LiveTry(self)
-        self.notes = HealthNotes()
-        self._recorded: dict[str, str | None] | None = None
+        self.keeper = HealthKeeper(self)
+        self.claim = EngineClaim(db_path)
         self.presence_status: str | None = None
         self.last_error: str | None = None
         self.failure: SyncEngineError | None = None
@@ -100,6 +100,21 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- plumbing -----------------------------------------------------------------------
+
+    def open_store(self) -> Store:
+        """Open the store; a syncing engine first becomes its one writer (G6).
+
+        Raises:
+            StoreLockHeld: another process (a daemon) or engine syncs the store: this one
+                takes no part and writes nothing.
+        """
+        if self.config.connect:
+            self.claim.take()
+        try:
+            return self.attach_store(Store(self.db_path))
+        except BaseException:
+            self.claim.release()
+            raise
 
     def attach_store(self, store: Store) -> Store:
         """Take the freshly opened store: the core starts from its cursor and seqs."""
@@ -131,6 +146,7 @@ class Session:
                 self.set_state(ConnectionState.OFFLINE, "closed")
             self.store.close()
             self.store = None
+        self.claim.release()
 
     def require_store(self) -> Store:
         """The open store (UsageError when the engine is not open)."""
@@ -198,58 +214,18 @@ class Session:
             return
         log.info("connection %s -> %s (%s)", change.old.value, change.new.value, change.reason)
         if new is ConnectionState.CONNECTING:
-            self.notes.next_retry_at = None  # the retry is happening
+            self.keeper.notes.next_retry_at = None  # the retry is happening
         if self.store is not None and self.config.connect:
             with contextlib.suppress(StoreError):
-                values = health_meta(self.core, self.notes, self.mode)
+                values = self.keeper.values()
                 self.store.set_state(new, **values)
-                self._recorded = values
+                self.keeper.recorded(values)
         self.bus.emit(change)
-
-    def health(self) -> SyncHealth:
-        """The store's health with what this process knows of the sync (gaps, lag, mode,
-        the last error, the next try)."""
-        core = self.core
-        health = self.require_store().health(open_gaps=len(core.gaps))
-        return attrs.evolve(
-            health,
-            lag=core.lag,
-            gaps=len(core.gaps),
-            last_error=self.notes.last_error,
-            next_retry_at=self.notes.next_retry_at,
-            mode=self.mode,
-        )
-
-    def record_health(self) -> None:
-        """Copy the health into the store for ``syncengine status`` (syncing engines only;
-        nothing is written when it has not changed since the last copy)."""
-        values = health_meta(self.core, self.notes, self.mode)
-        if self.store is None or not self.config.connect or values == self._recorded:
-            return
-        with contextlib.suppress(StoreError):
-            self.store.set_meta(**values)
-            self._recorded = values
 
     def _on_backoff(self, exc: BaseException, delay: float) -> None:
         self.last_error = str(exc)
-        self.notes.failed(error_doc(exc), delay)
+        self.keeper.notes.failed(error_doc(exc), delay)
         self.set_state(ConnectionState.BACKOFF, f"{exc} (retry in {delay:.1f}s)")
-
-    def live_failed(self, exc: BaseException) -> None:
-        """A live handshake failed while REST works: poll, say why, and plan the next try."""
-        retry_in = self.core.receive_live_failed(asyncio.get_running_loop().time())
-        log.warning("live channel unavailable, polling over REST (retry in %.1fs): %s", retry_in, exc)
-        message = f"live channel: {exc or type(exc).__name__}; polling over REST"
-        self.notes.failed(error_doc(exc, kind="live_unavailable") | {"message": message}, retry_in)
-        self.record_health()
-
-    def _live_pending(self) -> None:
-        """REST works and the live handshake has not ended yet: say so while polling."""
-        self.notes.last_error = error_doc(
-            TimeoutError("live channel: handshake not answered yet; polling over REST"),
-            kind="live_pending",
-        )
-        self.record_health()
 
     # --- the runner ---------------------------------------------------------------------
 
@@ -314,9 +290,8 @@ class Session:
                 self.live.start(transport)
             self.set_state(ConnectionState.SYNCING)
             await self.exchange.push_all()
-            await self._adopt_live(queue, tasks)
-            if self.link is None and self.live.pending:
-                self._live_pending()
+            if not await self._adopt_live(queue, tasks) and self.live.pending:
+                self.keeper.live_pending()
             await self.exchange.catch_up()
             if self.link is None and self.live.pending:
                 await self.live.wait(LIVE_GRACE_S)
@@ -336,20 +311,17 @@ class Session:
         """Pushed and caught up: state LIVE (over the live channel, or polling)."""
         if self.link is not None and self.presence_status:
             await self.link.send_presence(self.presence_status)
-        await self._refresh_presence(transport)
+        await refresh_presence(self.require_store(), transport)
         self.set_state(ConnectionState.LIVE, self.mode)
         self.policy.reset()
         self.core.reached_live(asyncio.get_running_loop().time())
 
     async def _adopt_live(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> bool:
         """Attach the link of a handshake that ended well; True when one was attached."""
-        if not self.live.done:
-            return False
-        link = self.live.take()
-        if link is None:
-            return False
-        self._attach_link(link, queue, tasks)
-        return True
+        link = self.live.take() if self.live.done else None
+        if link is not None:
+            self._attach_link(link, queue, tasks)
+        return link is not None
 
     async def _end_session(self, tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
@@ -368,32 +340,14 @@ class Session:
                 self.store.clear_typing()
                 self.store.recover_sending()
 
-    async def _refresh_presence(self, transport: Transport) -> None:
-        """Apply the server's presence snapshot (live changes only cover what happens next)."""
-        store = self.require_store()
-        for item in await transport.presence():
-            user, status, ts_ms = item.get("user"), item.get("status"), item.get("ts_ms", 0)
-            last_seen = item.get("last_seen_ms")
-            if not isinstance(user, str) or type(ts_ms) is not int:
-                continue
-            try:
-                store.apply_presence(
-                    user,
-                    str(status),
-                    ts_ms=ts_ms,
-                    last_seen_ms=last_seen if type(last_seen) is int else None,
-                )
-            except ValueError:
-                log.info("ignored presence with unknown status %r", status)
-
     def _attach_link(
         self, link: LiveLink, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
     ) -> None:
         self.link = link
         self.core.receive_ready(link.head)
         self.core.live_attached()
-        self.notes.recovered()
-        self.record_health()
+        self.keeper.notes.recovered()
+        self.keeper.record()
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(self._read_live(link, queue), name="syncengine-reader"))
         tasks.append(loop.create_task(self._apply_live(queue), name="syncengine-applier"))
@@ -419,7 +373,7 @@ class Session:
                 if isinstance(request, CatchUp):
                     await self._timed_catch_up()
                 elif isinstance(request, PresenceSnapshot):
-                    await self._refresh_presence(transport)
+                    await refresh_presence(self.require_store(), transport)
                 elif isinstance(request, ConnectLive):
                     self.live.start(transport)
             for cid, frame in self.throttle.tick(time.monotonic()):
@@ -437,7 +391,7 @@ class Session:
             log.info("pull failed while live, retrying: %s", exc)
         else:
             self.core.receive_pull_done(loop.time())
-            self.record_health()
+            self.keeper.record()
 
     async def _live_back(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> None:
         """A handshake started while polling ended: when it brought a link, cover the events
@@ -493,24 +447,11 @@ class Session:
                 if cursor is not None:
                     self.core.committed(cursor)  # only now may pulls start from it (G3)
             if len(durable) < len(batch):
-                batch = self._apply_ephemeral(batch)
+                batch = apply_ephemeral(self.require_store(), batch)
             self.exchange.emit_new(batch)
             if gap:
-                self.record_health()  # `syncengine status` shows the gap and the lag
+                self.keeper.record()  # `syncengine status` shows the gap and the lag
                 self.kick()
-
-    def _apply_ephemeral(self, batch: list[ServerEvent]) -> list[ServerEvent]:
-        """Record the typing and presence events of a batch; returns the batch less the
-        events that were refused (a presence with an unknown status)."""
-        ephemeral = [ev for ev in batch if not isinstance(ev, DurableEvent)]
-        kept = self.require_store().apply_ephemeral(ephemeral)
-        if len(kept) == len(ephemeral):
-            return batch
-        refused = {id(ev) for ev in ephemeral} - {id(ev) for ev in kept}
-        for ev in ephemeral:
-            if id(ev) in refused and isinstance(ev, UserPresenceChanged):
-                log.info("ignored presence with unknown status %r", ev.status)
-        return [ev for ev in batch if id(ev) not in refused]
 
     async def send_typing(self, conversation_id: str, frame: bool) -> None:
         """Send one typing frame on the live link (dropped when there is none)."""
@@ -525,6 +466,38 @@ class Session:
             await make(link)
         except (TransportError, AuthFailed) as exc:
             log.info("live send failed: %s", exc)
+
+
+def apply_ephemeral(store: Store, batch: list[ServerEvent]) -> list[ServerEvent]:
+    """Record the typing and presence events of a batch; returns the batch less the
+    events that were refused (a presence with an unknown status)."""
+    ephemeral = [ev for ev in batch if not isinstance(ev, DurableEvent)]
+    kept = store.apply_ephemeral(ephemeral)
+    if len(kept) == len(ephemeral):
+        return batch
+    refused = {id(ev) for ev in ephemeral} - {id(ev) for ev in kept}
+    for ev in ephemeral:
+        if id(ev) in refused and isinstance(ev, UserPresenceChanged):
+            log.info("ignored presence with unknown status %r", ev.status)
+    return [ev for ev in batch if id(ev) not in refused]
+
+
+async def refresh_presence(store: Store, transport: Transport) -> None:
+    """Apply the server's presence snapshot (live changes only cover what happens next)."""
+    for item in await transport.presence():
+        user, status, ts_ms = item.get("user"), item.get("status"), item.get("ts_ms", 0)
+        last_seen = item.get("last_seen_ms")
+        if not isinstance(user, str) or type(ts_ms) is not int:
+            continue
+        try:
+            store.apply_presence(
+                user,
+                str(status),
+                ts_ms=ts_ms,
+                last_seen_ms=last_seen if type(last_seen) is int else None,
+            )
+        except ValueError:
+            log.info("ignored presence with unknown status %r", status)
 
 
 class _LiveBuffer:
