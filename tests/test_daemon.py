@@ -285,10 +285,11 @@ def test_debug_logs_never_carry_the_token(
     token = json.loads(token_path(db).read_text())["token"]
     with daemon_process(db, notifications, "--log-level", "debug") as proc:
         notifications.expect("READY=1")
+        # The push goes over REST beside the live handshake: wait for both.
         wait_for(
-            lambda: one_json(invoke("--db", str(db), "--json", "status"))["outbox"]["pending"] == 0,
+            lambda: _pushed_and_live(one_json(invoke("--db", str(db), "--json", "status"))),
             10,
-            "the push",
+            "the push, and the live channel",
         )
         code, _took, err = stop(proc)
     assert code == 0, err
@@ -297,6 +298,10 @@ def test_debug_logs_never_carry_the_token(
     assert any(r["level"] == "debug" and r["logger"].startswith("websockets") for r in records)
     assert any("auth" in r["msg"] and "[redacted]" in r["msg"] for r in records)
     assert token not in err
+
+
+def _pushed_and_live(doc: dict[str, Any]) -> bool:
+    return bool(doc["outbox"]["pending"] == 0 and doc["mode"] == "live")
 
 
 def test_not_logged_in_exits_1(tmp_path: Path) -> None:
