@@ -353,31 +353,32 @@ class Session:
         tasks.append(loop.create_task(self._apply_live(queue), name="syncengine-applier"))
 
     async def _live_loop(
-        self,
-        transport: Transport,
-        queue: _LiveBuffer,
-        tasks: list[asyncio.Task[Any]],
+        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
     ) -> None:
         """LIVE: push due work, and perform what the protocol says is due, until the link or
         the server fails."""
-        loop = asyncio.get_running_loop()
-        core = self.core
         while True:
-            now = loop.time()
-            await self._wait(tasks, core.next_wakeup(now) - now)
-            if self.live.done:
-                await self._live_back(queue, tasks)
-            if self.require_store().due_count(time.time()):
-                await self.exchange.push_all()
-            for request in core.tick(loop.time(), want_live=self.config.use_live):
-                if isinstance(request, CatchUp):
-                    await self._timed_catch_up()
-                elif isinstance(request, PresenceSnapshot):
-                    await refresh_presence(self.require_store(), transport)
-                elif isinstance(request, ConnectLive):
-                    self.live.start(transport)
-            for cid, frame in self.throttle.tick(time.monotonic()):
-                await self.send_typing(cid, frame)
+            now = time_now()
+            await self._wait(tasks, self.core.next_wakeup(now) - now)
+            await watched(self._due_work(transport, queue, tasks), tasks)
+
+    async def _due_work(
+        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """One round of the live loop: adopt a new link, push, and what the protocol asks."""
+        if self.live.done:
+            await self._live_back(queue, tasks)
+        if self.require_store().due_count(time.time()):
+            await self.exchange.push_all()
+        for request in self.core.tick(time_now(), want_live=self.config.use_live):
+            if isinstance(request, CatchUp):
+                await self._timed_catch_up()
+            elif isinstance(request, PresenceSnapshot):
+                await refresh_presence(self.require_store(), transport)
+            elif isinstance(request, ConnectLive):
+                self.live.start(transport)
+        for cid, frame in self.throttle.tick(time.monotonic()):
+            await self.send_typing(cid, frame)
 
     async def _timed_catch_up(self) -> None:
         loop = asyncio.get_running_loop()
@@ -411,10 +412,7 @@ class Session:
         await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         self._wake.clear()
-        for task in tasks:
-            if task.done():
-                exc = task.exception()
-                raise exc if exc is not None else _LinkClosed("live channel ended")
+        raise_if_ended(tasks)
 
     # --- the live channel ---------------------------------------------------------------
 
@@ -480,6 +478,45 @@ def apply_ephemeral(store: Store, batch: list[ServerEvent]) -> list[ServerEvent]
         if id(ev) in refused and isinstance(ev, UserPresenceChanged):
             log.info("ignored presence with unknown status %r", ev.status)
     return [ev for ev in batch if id(ev) not in refused]
+
+
+def time_now() -> float:
+    """The event loop's monotonic time (what the sync protocol's timers are on)."""
+    return asyncio.get_running_loop().time()
+
+
+def raise_if_ended(tasks: list[asyncio.Task[Any]]) -> None:
+    """Raise the error of a live task (reader, applier) that ended: the link is gone."""
+    for task in tasks:
+        if task.done():
+            exc = task.exception()
+            raise exc if exc is not None else _LinkClosed("live channel ended")
+
+
+async def watched(work: Coroutine[Any, Any, None], tasks: list[asyncio.Task[Any]]) -> None:
+    """Run ``work`` (REST requests, store writes) while watching the live tasks.
+
+    A live link that dies meanwhile ends the session at once: a request stuck on the same
+    dead network would otherwise hold the news back until its own timeout, and a half-open
+    link would be noticed seconds after its heartbeat said so. Work cut short is safe to
+    cut: pushes in flight return to PENDING when the session ends, and pages commit with
+    their cursor.
+    """
+    if not tasks:
+        await work
+        return
+    job = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([job, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if not job.cancelled():
+        job.result()  # the work's own error, if any
+        return
+    raise_if_ended(tasks)
 
 
 async def refresh_presence(store: Store, transport: Transport) -> None:
