@@ -140,11 +140,24 @@ async def test_an_edit_a_delete_and_a_mark_read_travel_between_two_engines(
         "bob's read position is acknowledged",
     )
     await scn_until(
-        lambda: any(r.user == "bob" and r.read_seq == last for r in receipts),
+        lambda: any(r.user == "bob" and r.read_seq == last for r in receipts)
+        and _read_position(alice.db_path, cid, "bob") == last,
         SCN_CONVERGE_S,
-        "alice receives bob's read receipt",
-        lambda: f"receipts={receipts}",
+        "alice receives and stores bob's read receipt",
+        lambda: f"receipts={receipts} stored={_read_position(alice.db_path, cid, 'bob')}",
     )
+
+
+def _read_position(db: Path, cid: str, user: str) -> int | None:
+    """Another member's read position as a store holds it (read-only)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT read_seq FROM reads WHERE conversation_id = ? AND user = ?", (cid, user)
+        ).fetchone()
+    finally:
+        con.close()
+    return None if row is None else int(row[0])
 
 
 def _typing_rows(db: Path) -> int:
