@@ -43,7 +43,7 @@ CS = ConnectionState
 #: last pong at most; the link is then dropped after CLOSE_TIMEOUT_S (its close is never
 #: answered). The bound allows the event loop's scheduling on a loaded machine on top.
 HALF_OPEN_S = 5.0 + CLOSE_TIMEOUT_S
-SCHEDULING_SLACK_S = 0.5
+SCHEDULING_SLACK_S = 1.0
 
 
 @pytest.mark.timeout(60)
@@ -65,9 +65,10 @@ async def test_a_half_open_live_link_is_detected_by_the_heartbeat(
         took = time.monotonic() - start
         print(f"half-open link detected after {took:.2f} s")
         assert took <= HALF_OPEN_S + SCHEDULING_SLACK_S, took
-        assert bob.state is CS.BACKOFF
+        # The session ended (BACKOFF), and the next may already be trying (FAST backoff).
+        assert bob.state in (CS.BACKOFF, CS.CONNECTING, CS.SYNCING), bob.state
         health = await bob.health()
-        assert health.mode == "offline" and health.last_error is not None
+        assert health.mode != "live" and health.last_error is not None, health
         proxy.blackhole(False)
         assert await bob.wait_for_state(CS.LIVE, SCN_CONVERGE_S)
 
