@@ -295,7 +295,7 @@ class Session:
             await self.exchange.catch_up()
             if self.link is None and self.live.pending:
                 await self.live.wait(LIVE_GRACE_S)
-                if await self._adopt_live(queue, tasks):
+                if await self._adopt_live(queue, tasks) and not self.core.caught_up:
                     await self.exchange.catch_up()  # from the cursor to past the live head
             await self._go_live(transport)
             await self._live_loop(transport, queue, tasks)
@@ -399,7 +399,8 @@ class Session:
         between the last poll and its head, and report LIVE over the channel."""
         if not await self._adopt_live(queue, tasks):
             return
-        await self.exchange.catch_up()
+        if not self.core.caught_up:
+            await self.exchange.catch_up()
         self.set_state(ConnectionState.SYNCING, "live channel back")
         self.set_state(ConnectionState.LIVE, "live")
 

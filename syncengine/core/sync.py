@@ -359,7 +359,15 @@ class SyncProtocol:
     def receive_ready(self, head: Cursor) -> None:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
-        self.caught_up = False
+        # A store already at or past the head needs no pull to prove contiguity: everything
+        # up to the cursor is stored and the channel delivers everything after the head.
+        cursor = self.cursor
+        self.caught_up = (
+            self.capabilities.ordered_cursor
+            and type(head) is int
+            and type(cursor) is int
+            and cursor >= head
+        )
         self._live_decided = 0
         self._saw_head(head)
 
