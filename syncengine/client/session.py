@@ -2,18 +2,21 @@
 
 Each connection attempt is a *session*:
 
-1. CONNECTING: open the live channel (token in the first frame) and learn its ``head``;
-   if the WebSocket is refused at the handshake, fall back to REST polling.
+1. CONNECTING: start the live handshake in the background (token in the first frame, its
+   ``head`` from ``ready``; :mod:`syncengine.client.live_try`), bounded by the request
+   timeout. Nothing waits for it.
 2. SYNCING: push the outbox in batches (FIFO per conversation), then pull pages from the
    persisted cursor until caught up, each page applied with its cursor in one transaction.
-   Live events that arrive meanwhile are applied too (merging is idempotent).
+   The link is adopted as soon as its handshake ends well (a short grace is given to one
+   still under way); a handshake that fails leaves the session polling over REST.
 3. LIVE: apply live events in small batches as they arrive; push whenever the outbox has
    due work (including work queued by another process, e.g. the CLI); pull at once on a seq
-   gap; pull on a safety-net timer (or the poll interval when polling).
+   gap; pull on a safety-net timer (or the poll interval when polling, with the live channel
+   retried in the background with backoff).
 
-A transient failure ends the session; stamina's retry loop waits a capped full-jitter
-backoff (our :class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts
-the next one. A refused token stops the loop in FAILED until the user logs in again.
+A transient failure ends the session (so does a live link that dies, at once, even during a
+REST request); stamina's retry loop waits a capped full-jitter backoff (our
+:class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts the next one. A refused token stops the loop in FAILED until the user logs in again.
 """
 
 from __future__ import annotations
