@@ -52,6 +52,17 @@ def test_the_mode_follows_the_link_and_the_state() -> None:
     assert sync_mode(CS.SYNCING, link=False) == "polling"
     for state in (CS.OFFLINE, CS.CONNECTING, CS.BACKOFF, CS.FAILED):
         assert sync_mode(state, link=False) == "offline"
+    # Syncing towards a server that has not answered yet is not polling.
+    assert sync_mode(CS.SYNCING, link=False, reached=False) == "offline"
+
+
+def test_the_server_is_reached_again_in_each_session() -> None:
+    core = SyncProtocol()
+    assert not core.server_reached
+    core.server_answered()
+    assert core.server_reached
+    core.connection_lost()
+    assert not core.server_reached
 
 
 def test_an_error_says_its_kind_message_and_time() -> None:

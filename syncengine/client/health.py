@@ -45,12 +45,13 @@ def error_doc(
     return {"kind": name, "message": message, "at": time.time() if at is None else at}
 
 
-def sync_mode(state: ConnectionState, *, link: bool) -> str:
-    """``live`` (the live channel is up), ``polling`` (REST keeps the store current) or
-    ``offline`` (nothing does: connecting, backing off, failed or stopped)."""
+def sync_mode(state: ConnectionState, *, link: bool, reached: bool = True) -> str:
+    """``live`` (the live channel is up), ``polling`` (REST keeps the store current: the
+    server answered in this session) or ``offline`` (nothing does: connecting, backing off,
+    failed, stopped, or syncing towards a server that has not answered)."""
     if link:
         return "live"
-    if state in (ConnectionState.SYNCING, ConnectionState.LIVE):
+    if reached and state in (ConnectionState.SYNCING, ConnectionState.LIVE):
         return "polling"
     return "offline"
 

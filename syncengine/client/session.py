@@ -208,7 +208,8 @@ class Session:
     @property
     def mode(self) -> str:
         """``live``, ``polling`` or ``offline`` (see :func:`~syncengine.client.health.sync_mode`)."""
-        return sync_mode(self.core.state, link=self.link is not None)
+        core = self.core
+        return sync_mode(core.state, link=self.link is not None, reached=core.server_reached)
 
     def set_state(self, new: ConnectionState, reason: str = "") -> None:
         """Move the connection state, record it (syncing engines only) and emit the change."""

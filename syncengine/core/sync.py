@@ -176,6 +176,7 @@ class SyncProtocol:
         # The highest stream position known to exist on the server (ready frame, live
         # events, the end of a pull): what ``lag`` is measured against.
         self.server_head: Cursor | None = None
+        self.server_reached = False
         self.emit_filter = EmitFilter()
         # Waits after a failed request while the session stays up (a push or a pull).
         self.op_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
@@ -224,10 +225,17 @@ class SyncProtocol:
         self.known_seq = dict(known_seq)
 
     def connection_lost(self) -> None:
-        """The live link is gone: live events no longer prove contiguity."""
+        """The live link is gone (or a session starts): live events no longer prove
+        contiguity, and the server is not known to answer until it does again."""
         self.live_head = None
         self.caught_up = False
         self._live_decided = 0
+        self.server_reached = False
+
+    def server_answered(self) -> None:
+        """The server answered a REST request in this session: REST works (without a live
+        link, the session polls rather than being offline)."""
+        self.server_reached = True
 
     def reached_live(self, now: float) -> None:
         """The session pushed and caught up (state LIVE): start the pull timers."""
