@@ -31,6 +31,7 @@ from typing import Any
 
 import stamina
 
+from syncengine.client import matrix_glue
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
@@ -105,19 +106,9 @@ class Session:
     # --- plumbing -----------------------------------------------------------------------
 
     def open_store(self) -> Store:
-        """Open the store; a syncing engine first becomes its one writer (G6).
-
-        Raises:
-            StoreLockHeld: another process (a daemon) or engine syncs the store: this one
-                takes no part and writes nothing.
-        """
-        if self.config.connect:
-            self.claim.take()
-        try:
-            return self.attach_store(Store(self.db_path))
-        except BaseException:
-            self.claim.release()
-            raise
+        """Open the store; a syncing engine first becomes its one writer (G6): StoreLockHeld
+        when another process (a daemon) or engine syncs it (this one then writes nothing)."""
+        return self.claim.open(self.config.connect, lambda: self.attach_store(Store(self.db_path)))
 
     def attach_store(self, store: Store) -> Store:
         """Take the freshly opened store: the core starts from its cursor and seqs."""
@@ -170,8 +161,11 @@ class Session:
             self.transport = None
             self.spawn(old.aclose())
         cfg = self.config
+        protocol = self.store.get_meta("protocol") if self.store is not None else None
         if cfg.transport_factory is not None:
-            transport = cfg.transport_factory(server)
+            transport = matrix_glue.wrap(cfg.transport_factory(server), lambda: self.store)
+        elif other := matrix_glue.build_transport(server, cfg, protocol, self.require_store):
+            transport = other
         else:
             from syncengine.transport.rest import RestTransport
 
@@ -293,13 +287,12 @@ class Session:
             if self.config.use_live:
                 self.live.start(transport)
             self.set_state(ConnectionState.SYNCING)
-            await self.exchange.push_all()
             if not await self._adopt_live(queue, tasks) and self.live.pending:
                 self.keeper.live_pending()
-            await self.exchange.catch_up()
+            await matrix_glue.push_and_catch_up(self, tasks)
             if self.link is None and self.live.pending:
                 await self.live.wait(LIVE_GRACE_S)
-                if await self._adopt_live(queue, tasks) and not self.core.caught_up:
+                if await self._adopt_live(queue, tasks) and self.core.pull_after_attach():
                     await self.exchange.catch_up()  # from the cursor to past the live head
             await self._go_live(transport)
             await self._live_loop(transport, queue, tasks)
@@ -403,8 +396,8 @@ class Session:
         between the last poll and its head, and report LIVE over the channel."""
         if not await self._adopt_live(queue, tasks):
             return
-        if not self.core.caught_up:
-            await self.exchange.catch_up()
+        if self.core.pull_after_attach():
+            await self.exchange.catch_up()  # cover events between the last poll and head
         self.set_state(ConnectionState.SYNCING, "live channel back")
         self.set_state(ConnectionState.LIVE, "live")
 
@@ -443,6 +436,9 @@ class Session:
         commit per event would cap a busy channel at the disk's commit rate)."""
         while True:
             batch = await queue.take(_LIVE_BATCH)
+            if not self.core.capabilities.ordered_cursor:
+                await matrix_glue.apply_unordered_batch(self, batch)
+                continue
             durable = [ev for ev in batch if isinstance(ev, DurableEvent)]
             cursor, gap = self.core.receive_live_batch(durable)
             if durable:

@@ -30,6 +30,7 @@ from syncengine.core.push import PushOutcome, PushRound, op_to_wire, sort_result
 from syncengine.core.requests import CatchUp, PresenceSnapshot, Request
 from syncengine.core.resync import Resync
 from syncengine.core.schedule import Schedule, SyncSettings
+from syncengine.core.unordered import link_owns_cursor
 from syncengine.errors import UsageError
 from syncengine.events import ConnectionStateChanged, Discontinuity, DurableEvent, ServerEvent
 from syncengine.models import ConnectionState as CS
@@ -168,6 +169,7 @@ class SyncProtocol:
         self.cursor: Cursor = cursor
         self.known_seq: dict[str, int] = dict(known_seq or {})
         self.live_head: Cursor | None = None
+        self.link_up = False
         self.caught_up = False
         self.gaps: set[str] = set()
         # The highest pos a live decision handed out, committed or not (see receive_live).
@@ -228,6 +230,7 @@ class SyncProtocol:
         """The live link is gone (or a session starts): live events no longer prove
         contiguity, and the server is not known to answer until it does again."""
         self.live_head = None
+        self.link_up = False
         self.caught_up = False
         self._live_decided = 0
         self.server_reached = False
@@ -236,6 +239,11 @@ class SyncProtocol:
         """The server answered a REST request in this session: REST works (without a live
         link, the session polls rather than being offline)."""
         self.server_reached = True
+
+    @property
+    def link_owns_cursor(self) -> bool:
+        """The live link moves the cursor (opaque tokens): no pull may run beside it."""
+        return link_owns_cursor(self.capabilities, self.link_up)
 
     def reached_live(self, now: float) -> None:
         """The session pushed and caught up (state LIVE): start the pull timers."""
@@ -288,7 +296,9 @@ class SyncProtocol:
 
     def push_round(self, items: Sequence[OutboxItem]) -> PushRound:
         """Push a claimed batch: bisection of a refused request, Retry-After, writes."""
-        live = self.state is CS.LIVE and self.live_head is not None
+        # LIVE, over the link or polling: a failed push is retried on a timer while the
+        # session stays up (a live echo or the next poll may confirm the items first).
+        live = self.state is CS.LIVE
         return PushRound(
             items, live=live, op_backoff=self.op_backoff, defer_backoff=self.defer_backoff
         )
@@ -329,7 +339,11 @@ class SyncProtocol:
     def _note_seqs(self, events: Iterable[ServerEvent]) -> None:
         known = self.known_seq
         for ev in events:
-            if isinstance(ev, DurableEvent) and known.get(ev.conversation_id, 0) < ev.seq:
+            if (
+                isinstance(ev, DurableEvent)
+                and ev.seq is not None
+                and known.get(ev.conversation_id, 0) < ev.seq
+            ):
                 known[ev.conversation_id] = ev.seq
 
     def receive_pull_done(self, now: float) -> None:
@@ -360,13 +374,14 @@ class SyncProtocol:
         self.gaps.clear()
         if known_seq is not None:
             self.known_seq = dict(known_seq)
-        return Discontinuity(old_cursor=old, new_cursor=head)  # type: ignore[arg-type]
+        return Discontinuity(old_cursor=old, new_cursor=head)
 
     # --- live -------------------------------------------------------------------------------
 
     def receive_ready(self, head: Cursor) -> None:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
+        self.link_up = True
         # A store already at or past the head needs no pull to prove contiguity: everything
         # up to the cursor is stored and the channel delivers everything after the head.
         cursor = self.cursor
@@ -379,6 +394,16 @@ class SyncProtocol:
         self._live_decided = 0
         self._saw_head(head)
 
+    def receive_checkpoint(self, cursor: Cursor) -> Cursor | None:
+        """The live stream delivered everything before ``cursor``: the cursor to commit with
+        those events (None: this link does not own the cursor, pulls do). The first one
+        means caught up: the link started from the persisted cursor."""
+        if not self.link_owns_cursor:
+            return None
+        self.caught_up = True
+        self.gaps.clear()
+        return cursor
+
     def receive_live(self, event: DurableEvent) -> LiveDecision:
         """Decide about one live durable event (it is always applied: merging is idempotent).
 
@@ -390,6 +415,9 @@ class SyncProtocol:
         driver reports the commit with :meth:`committed`, so a pull running meanwhile can
         never persist a cursor past events whose commit then fails (G3).
         """
+        if event.seq is None:
+            # Numbered by the store (Matrix): nothing to detect; Checkpoints move the cursor.
+            return LiveDecision(cursor=None, gap=False)
         cid = event.conversation_id
         last = self.known_seq.get(cid)
         gap = last is not None and event.seq > last + 1 and self.capabilities.dense_seq
@@ -401,9 +429,10 @@ class SyncProtocol:
             return LiveDecision(cursor=None, gap=True)
         # caught_up is only ever set with an ordered cursor (see receive_page), so the cursor
         # compares here.
-        if self.caught_up and event.pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
-            self._live_decided = event.pos
-            return LiveDecision(cursor=event.pos, gap=False)
+        pos = event.pos
+        if self.caught_up and pos is not None and pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
+            self._live_decided = pos
+            return LiveDecision(cursor=pos, gap=False)
         return LiveDecision(cursor=None, gap=False)
 
     def receive_live_batch(self, durable: Sequence[DurableEvent]) -> tuple[Cursor | None, bool]:
@@ -431,6 +460,12 @@ class SyncProtocol:
         """A malformed live frame was quarantined: it may have carried an event, so pull."""
         self.schedule.want_pull()
 
+    def pull_after_attach(self) -> bool:
+        """A link was just attached: must a pull cover the events before its head? Not when
+        the store is already there, nor when the link owns the cursor (it streams from the
+        persisted cursor itself, and no pull may run beside it)."""
+        return not self.caught_up and not self.link_owns_cursor
+
     def live_attached(self) -> None:
         """The live channel is up (at a session's start or back while polling): pulls become
         a safety net again."""
@@ -456,6 +491,11 @@ class SyncProtocol:
             gaps=bool(self.gaps),
             polling_wants_live=want_live and self.live_head is None,
         )
+        if self.link_owns_cursor and any(isinstance(r, CatchUp) for r in due):
+            # The link is the catch-up (it streams from the cursor): a pull beside it would
+            # be a second producer of an unordered cursor. Count the pull as done.
+            self.schedule.pull_done(now)
+            due = [r for r in due if not isinstance(r, CatchUp)]
         if self.emit_filter.take_presence_stale():
             # After a catch-up (it may bring more changes), before a live reconnect.
             due.insert(1 if due and isinstance(due[0], CatchUp) else 0, PresenceSnapshot())

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import filelock
 
@@ -41,6 +43,8 @@ _HELD: set[str] = set()
 def held_here(db_path: str | os.PathLike[str]) -> bool:
     """Whether this process holds the store's lock (through any path to it)."""
     return real_store_path(db_path) in _HELD
+
+T = TypeVar("T")
 
 #: How long a starting daemon waits for the lock. Not zero: ``syncengine status`` probes the
 #: lock for a few microseconds, and a daemon starting at that instant must not give up.
@@ -214,6 +218,21 @@ class EngineClaim:
         if not self.claimed:
             self._lock = claim_for_engine(self.db_path)
             self.claimed = True
+
+    def open(self, claim: bool, opener: Callable[[], T]) -> T:
+        """Claim the store (when ``claim``), then run ``opener``; the claim is given back
+        when ``opener`` fails.
+
+        Raises:
+            StoreLockHeld: see :meth:`take` (``opener`` is not run).
+        """
+        if claim:
+            self.take()
+        try:
+            return opener()
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         """Give the claim back. Idempotent."""

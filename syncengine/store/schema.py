@@ -122,5 +122,24 @@ def _initial(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_opaque_cursor_event_ids")
+def _opaque_cursor(db: Database) -> None:
+    # A protocol whose cursor is an opaque token (Matrix) keeps it in a TEXT column: in the
+    # INTEGER ``pos`` column SQLite's affinity would turn an all-digit token into a number.
+    # ``event_seqs`` maps a server event id to the order key this store gave it (Matrix
+    # events carry no seq): receipts and relations name events by id.
+    db.executescript(
+        """
+        ALTER TABLE cursors ADD COLUMN token TEXT;
+        CREATE TABLE event_seqs (
+            event_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        );
+        CREATE INDEX event_seqs_conv_seq ON event_seqs(conversation_id, seq);
+        """
+    )
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)
