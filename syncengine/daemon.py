@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -64,6 +63,7 @@ from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
 from syncengine.logs import RedactingFilter, install_redaction
 from syncengine.models import ConnectionState
 from syncengine.paths import cli_command, token_path
+from syncengine.sdnotify import notify
 from syncengine.store import Store
 
 __all__ = [
@@ -120,30 +120,6 @@ def _failure_line(exc: BaseException) -> str:
         if isinstance(exc, kind):
             return line.format(_one_line(exc))
     return _one_line(exc)
-
-
-def notify(message: str, *, environ: dict[str, str] | None = None) -> bool:
-    """Send a systemd notification (``READY=1``, ``STOPPING=1``, ``STATUS=...``).
-
-    Implemented with the socket module (the protocol is one datagram on the unix socket
-    named by ``NOTIFY_SOCKET``; a leading ``@`` means the abstract namespace).
-
-    Returns:
-        True when a notification was sent, False when no manager listens.
-    """
-    env = os.environ if environ is None else environ
-    address = env.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError as exc:
-        log.warning("could not notify the service manager: %s", exc)
-        return False
-    return True
 
 
 class _JsonFormatter(logging.Formatter):
