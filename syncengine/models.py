@@ -60,6 +60,9 @@ class OpKind(enum.StrEnum):
     DELETE = "delete"
     MARK_READ = "mark_read"
     CREATE_CONVERSATION = "create_conversation"
+    REACT = "react"
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
 
 
 class OutboxState(enum.StrEnum):
@@ -129,6 +132,11 @@ class Message:
         created_at: server time when stored by the server, local time while pending.
         edited_at: server time of the last edit applied, if any.
         deleted: True once a delete has been applied.
+        reply_to: the id of the message this one replies to (a server id; while both are
+            local echoes, the op id of the replied-to send), or None.
+        reactions: per emoji, the users who reacted with it, sorted.
+        read_by: for one's own sent messages, the other users whose read receipt reached
+            it, sorted (empty otherwise).
     """
 
     conversation_id: str
@@ -141,6 +149,9 @@ class Message:
     created_at: float
     edited_at: float | None = None
     deleted: bool = False
+    reply_to: str | None = None
+    reactions: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    read_by: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -48,7 +48,21 @@ STATUS_KEYS = {
     "mode",
 }
 CONVERSATION_KEYS = {"id", "title", "members", "unread"}
-MESSAGE_KEYS = {"id", "op_id", "conversation_id", "seq", "sender", "body", "state", "created_at"}
+MESSAGE_KEYS = {
+    "id",
+    "op_id",
+    "conversation_id",
+    "seq",
+    "sender",
+    "body",
+    "state",
+    "created_at",
+    "edited",
+    "deleted",
+    "reply_to",
+    "reactions",
+    "read_by",
+}
 OUTBOX_KEYS = {"op_id", "kind", "conversation_id", "state", "attempts", "last_error", "created_at"}
 SYNC_KEYS = {"pushed", "pulled", "cursor", "pending", "failed", "daemon"}
 

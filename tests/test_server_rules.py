@@ -151,3 +151,12 @@ def test_one_table_maps_every_code_to_its_status() -> None:
     assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["invalid"] == 422
     assert errors.RateLimited("slow down", retry_after_ms=5).status == 429
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)
+
+
+def test_an_unknown_member_is_refused_by_name() -> None:
+    rules.check_known_users([])  # everyone named has an account
+    with pytest.raises(errors.UnknownUser) as exc:
+        rules.check_known_users(["nosuchuser", "typo"])
+    assert exc.value.status == 404
+    assert exc.value.body() == {"code": "unknown_user", "reason": "no such user: nosuchuser, typo"}
+    assert isinstance(exc.value, errors.NotFound)  # a client that knows only 404 still copes

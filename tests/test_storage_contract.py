@@ -145,6 +145,23 @@ def test_time_never_goes_backwards(backend: Backend, store: ServerStorage) -> No
 # --- conversations and members ------------------------------------------------------------
 
 
+def test_unknown_users_are_the_names_without_an_account(store: ServerStorage) -> None:
+    store.create_user("bob", b"salt", b"hash", "p")
+    with store.write() as tx:
+        assert tx.unknown_users(["zed", "bob", "amy", "zed"]) == ["amy", "zed"]
+        assert tx.unknown_users([]) == []
+        cid = new_id()
+        with pytest.raises(errors.UnknownUser):
+            writes.create_conversation(tx, "alice", cid, "t", ("alice", "zed"), known_only=True)
+        # The creator needs no account row to be known: they are the one logged in.
+        created = writes.create_conversation(tx, "alice", cid, "t", ("alice", "bob"), known_only=True)
+        assert created[0]
+        with pytest.raises(errors.UnknownUser):
+            writes.set_member(tx, "alice", cid, "zed", present=True, known_only=True)
+        writes.set_member(tx, "alice", cid, "zed", present=False, known_only=True)  # a no-op
+    assert store.members(cid) == ("alice", "bob")
+
+
 def test_conversations_members_and_snapshots(store: ServerStorage) -> None:
     cid = create(store, "alice", ("alice", "bob"), title="Plans")
     assert store.members(cid) == ("alice", "bob")

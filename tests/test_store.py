@@ -897,7 +897,8 @@ def test_opening_never_widens_a_mode_the_owner_narrowed(
 
 
 def test_migrations_are_recorded(store: Store, db_path: Path) -> None:
-    assert store.schema == list(SCHEMA_NAMES) == ["0001_initial", "0002_opaque_cursor_event_ids"]
+    names = ["0001_initial", "0002_opaque_cursor_event_ids", "0003_replies", "0004_reactions"]
+    assert store.schema == list(SCHEMA_NAMES) == names
     with raw(db_path) as c:
         rows = c.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     assert rows == [("syncengine.store", name) for name in SCHEMA_NAMES]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncengine.client.bus import EventBus
+from syncengine.client.chat import ChatMixin
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
 from syncengine.client.matrix_glue import (
@@ -29,7 +30,6 @@ from syncengine.errors import NotFound, SyncEngineError, UsageError
 from syncengine.events import (
     ConnectionStateChanged,
     Event,
-    MessageQueued,
     SyncCompleted,
 )
 from syncengine.logs import install_redaction
@@ -56,7 +56,7 @@ log = logging.getLogger("syncengine.engine")
 E = TypeVar("E")
 
 
-class SyncEngine:
+class SyncEngine(ChatMixin):
     """An offline-first sync engine for one account, backed by one SQLite file.
 
     Use it as an async context manager::
@@ -268,8 +268,7 @@ class SyncEngine:
         if message is None:  # the op exists but is not a send
             raise UsageError(f"op id {item.op_id} is already used by a {item.kind.value}")
         if created:
-            self._bus.emit(MessageQueued(message=message))
-            self._session.kick()
+            self._announce(message)
         return message
 
     async def edit(

@@ -104,6 +104,9 @@ class ServerConfig:
             an older cursor gets ``410 cursor_expired``.
         open_registration: the first login of an unknown user creates it. ``None`` means
             "only when bound to a loopback address".
+        refuse_unknown_members: refuse (``404 unknown_user``) a conversation or a new member
+            naming a user who has no account here; off only for test servers whose users
+            log in after being added.
         token_ttl_s: lifetime of a login token.
         scrypt_n: scrypt cost parameter for new password hashes (a power of two).
         rate_per_s: sustained REST requests per second per user.
@@ -139,6 +142,7 @@ class ServerConfig:
     port: int = attrs.field(default=8765)
     retention: int | None = attrs.field(default=None)
     open_registration: bool | None = None
+    refuse_unknown_members: bool = True
     token_ttl_s: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=1 << 14)
     rate_per_s: float = attrs.field(default=50.0, validator=_positive)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import attrs
 import orjson
@@ -27,6 +28,7 @@ from syncengine.protocol.errors import (
     OpIdConflict,
     Rejection,
     TooLarge,
+    UnknownUser,
 )
 from syncengine.protocol.ops import MAX_MEMBERS
 
@@ -38,10 +40,12 @@ __all__ = [
     "TokenBucket",
     "applied",
     "check_cursor",
+    "check_known_users",
     "check_member_cap",
     "check_password",
     "check_query_int",
     "check_recreation",
+    "check_reply_target",
     "check_target",
     "creation_origin",
     "hash_password",
@@ -84,6 +88,23 @@ def check_member_cap(members: int, already_member: bool) -> None:
     """
     if not already_member and members >= MAX_MEMBERS:
         raise TooLarge(f"more than {MAX_MEMBERS} members")
+
+
+def check_known_users(unknown: Sequence[str]) -> None:
+    """Refuse a member who has no account on this server.
+
+    A conversation with a member who does not exist would wait forever for someone who
+    cannot log in (with closed registration) or, worse, for whoever registers the name
+    later; a typo is far likelier. The server knows its users, so it says so.
+
+    Args:
+        unknown: the named members that have no account, sorted.
+
+    Raises:
+        UnknownUser: when any member named is unknown.
+    """
+    if unknown:
+        raise UnknownUser(f"no such user: {', '.join(unknown)}")
 
 
 def check_password(password: object) -> str:
@@ -133,6 +154,22 @@ def target_message_id(kind: str | None, result_message_id: str | None) -> str:
     if kind != "send" or result_message_id is None:
         raise NotFound("no such message")
     return result_message_id
+
+
+def check_reply_target(found_conversation: str | None, conversation_id: str) -> None:
+    """Check the message a reply names: it must be in the same conversation. A deleted
+    message may still be replied to (the reply was likely written before the deletion).
+
+    Args:
+        found_conversation: the replied-to message's conversation, or None when unknown.
+        conversation_id: the reply's conversation.
+
+    Raises:
+        NotFound: an unknown message, or one of another conversation (whose existence the
+            sender may not know).
+    """
+    if found_conversation != conversation_id:
+        raise NotFound("no such message to reply to")
 
 
 def check_target(

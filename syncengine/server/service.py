@@ -200,10 +200,11 @@ class ServerService:
         Returns:
             The conversation, and whether it was created now.
         """
+        known_only = self.config.refuse_unknown_members
 
         def change(tx: WriteTx) -> tuple[ConversationSnapshot, bool]:
             created, _pos, _ts = writes.create_conversation(
-                tx, actor, conversation_id, title, members
+                tx, actor, conversation_id, title, members, known_only=known_only
             )
             return writes.snapshot(tx, conversation_id, actor), created
 
@@ -218,14 +219,26 @@ class ServerService:
     ) -> ConversationSnapshot:
         """Add or remove a member (the cap holds for every caller)."""
         return self.commit(
-            lambda tx: writes.set_member(tx, actor, conversation_id, user, present=present)
+            lambda tx: writes.set_member(
+                tx,
+                actor,
+                conversation_id,
+                user,
+                present=present,
+                known_only=self.config.refuse_unknown_members,
+            )
         )
 
     # --- operations and reads ------------------------------------------------------------
 
     def push(self, user: str, device: str, raw_ops: Sequence[Mapping[str, Any]]) -> list[OpResult]:
         """Apply a batch of operations in order, in one transaction; one result each."""
-        return self.commit(lambda tx: [writes.apply_op(tx, user, device, raw) for raw in raw_ops])
+        known_only = self.config.refuse_unknown_members
+        return self.commit(
+            lambda tx: [
+                writes.apply_op(tx, user, device, raw, known_only=known_only) for raw in raw_ops
+            ]
+        )
 
     def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
         """The JSON texts of the events visible to ``user`` after ``since``."""

@@ -28,6 +28,7 @@ from syncengine.events import (
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
+    ReactionChanged,
     ReadReceipt,
     ServerEvent,
     TypingStarted,
@@ -66,6 +67,8 @@ class SortedPage:
         "own",
         "reads_me",
         "reads_other",
+        "reactions",
+        "replies",
         "result",
         "updates",
     )
@@ -80,6 +83,8 @@ class SortedPage:
         self.reads_me: list[tuple[Any, ...]] = []
         self.reads_other: list[tuple[Any, ...]] = []
         self.updates: list[ConversationUpdated] = []
+        self.replies: list[tuple[str, str]] = []
+        self.reactions: list[tuple[bool, str, str, str]] = []
 
 
 def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
@@ -106,12 +111,16 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
                 if ev.op_id is not None and ev.sender == me:
                     own.append((ev.message_id, ev.seq, created, me, ev.op_id))
                     confirmed.append(ev.op_id)
+                if ev.reply_to is not None:
+                    page.replies.append((ev.reply_to, ev.message_id))
             elif isinstance(ev, MessageUpdated):
                 edits.append((ev.message_id, ev.body, ev.seq, ev.ts_ms / 1000))
             elif isinstance(ev, MessageDeleted):
                 deletes.append((ev.message_id,))
             elif isinstance(ev, ConversationUpdated):
                 updates.append(ev)
+            elif isinstance(ev, ReactionChanged):
+                page.reactions.append((ev.present, ev.message_id, ev.emoji, ev.user))
             elif isinstance(ev, ReadReceipt):
                 if ev.user == me:
                     reads_me.append((ev.read_seq, cid))
@@ -174,6 +183,18 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
             "created_at) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING",
             page.inserts,
         )
+    for present, *key in page.reactions:  # in event order: an add then a remove ends removed
+        c.execute(
+            "INSERT INTO reactions(message_id, emoji, user) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING"
+            if present
+            else "DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user = ?",
+            key,
+        )
+    if page.replies:
+        # After the inserts and promotions: the server's id of the replied-to message
+        # replaces whatever a local echo held (the op id of a send still pending then).
+        c.executemany("UPDATE messages SET reply_to = ? WHERE id = ?", page.replies)
     if page.edits:
         c.executemany(
             "INSERT INTO message_patches(message_id, body, edit_seq, edited_at) "

@@ -141,5 +141,27 @@ def _opaque_cursor(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0003_replies")
+def _replies(db: Database) -> None:
+    # The server id a message replies to; for a local echo replying to a message still
+    # pending, the op id of that message's send (replaced by the server id on confirmation).
+    db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
+
+
+@MIGRATIONS(name="0004_reactions")
+def _reactions(db: Database) -> None:
+    # A set: a user's emoji on a message is there or not, so a repeated event changes nothing.
+    db.executescript(
+        """
+        CREATE TABLE reactions (
+            message_id TEXT NOT NULL,
+            emoji TEXT NOT NULL,
+            user TEXT NOT NULL,
+            PRIMARY KEY (message_id, emoji, user)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)

@@ -36,6 +36,7 @@ from syncengine.models import (
 from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
 from syncengine.store import apply, outbox, queries, unordered
 from syncengine.store.apply import ApplyResult
+from syncengine.store.chatops import ChatQueries
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
 from syncengine.store.queries import STREAM
@@ -54,7 +55,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Store:
+class Store(ChatQueries):
     """The local SQLite store of one account.
 
     Args:
@@ -403,7 +404,7 @@ class Store:
         ``limit`` server messages followed by the local echoes still pending or failed, in
         send order (they sit after the last server message, never interleaved by clock).
         """
-        return self._read(queries.messages, conversation_id, before, limit)
+        return self._read(queries.messages, conversation_id, before, limit, self.user)
 
     def page(
         self, conversation_id: str, *, before: int | None = None, limit: int = 50
@@ -414,7 +415,7 @@ class Store:
         Raises:
             NotFound: the conversation is not in the store.
         """
-        return self._read(queries.page, conversation_id, before, limit)
+        return self._read(queries.page, conversation_id, before, limit, self.user)
 
     def message_by_op(self, op_id: str) -> Message | None:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""

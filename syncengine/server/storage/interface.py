@@ -214,6 +214,9 @@ class ConversationWrites(Protocol):
     def is_member(self, conversation_id: str, user: str) -> bool:
         """Whether ``user`` is a member now."""
 
+    def unknown_users(self, users: Iterable[str]) -> list[str]:
+        """The names in ``users`` that have no account on this server, sorted."""
+
     def add_member(self, conversation_id: str, user: str, from_pos: int) -> None:
         """Add a member who sees events from ``from_pos`` on."""
 

@@ -118,6 +118,13 @@ class _Reads:
         )
         return row is not None
 
+    def unknown_users(self, users: Iterable[str]) -> list[str]:
+        """The names in ``users`` that have no account here, sorted."""
+        names = sorted(set(users))
+        rows = self._all("SELECT name FROM users WHERE name = ANY(%s)", (names,))
+        known = {row[0] for row in rows}
+        return [name for name in names if name not in known]
+
     def snapshot(self, conversation_id: str, viewer: str) -> ConversationSnapshot | None:
         """The conversation as ``viewer`` sees it (their read marker), or None."""
         with self._lock:
