@@ -106,7 +106,8 @@ class SchemaTooNew(StoreError):
 
 
 class StoreLockHeld(StoreError):
-    """Another daemon already syncs this store (one writer per store, guarantee G6).
+    """Another process (a daemon) or syncing engine already syncs this store (one writer
+    per store, guarantee G6).
 
     Attributes:
         pid: the process id written in the lock file, if it could be read.

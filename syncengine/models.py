@@ -10,6 +10,7 @@ import enum
 import os
 import time
 import uuid
+from typing import Any
 
 import attrs
 
@@ -230,6 +231,16 @@ class SyncHealth:
         open_gaps: conversations with a detected seq gap not yet filled.
         conversations: number of conversations stored.
         messages: number of messages stored.
+        lag: stream positions between the cursor and the server's head as last known by the
+            syncing process (0 when caught up, or when nothing is known).
+        gaps: open seq gaps, as the syncing process last recorded them (``open_gaps`` is the
+            same figure from the engine asked; a reader in another process gets this one).
+        last_error: ``{"kind", "message", "at"}`` (``at`` in epoch seconds) of the failure
+            the syncing process has not recovered from yet, or None.
+        next_retry_at: when the next attempt is due (a session after a backoff, or the live
+            channel while polling), in epoch seconds; None when none is planned.
+        mode: ``live`` (the live channel is up), ``polling`` (REST keeps the store current)
+            or ``offline``.
     """
 
     state: ConnectionState
@@ -242,6 +253,11 @@ class SyncHealth:
     open_gaps: int
     conversations: int
     messages: int
+    lag: int = 0
+    gaps: int = 0
+    last_error: dict[str, Any] | None = None
+    next_retry_at: float | None = None
+    mode: str = "offline"
 
     @property
     def in_sync(self) -> bool:

@@ -14,6 +14,7 @@ __all__ = [
     "lock_path",
     "make_private_dirs",
     "platform_db_path",
+    "real_store_path",
     "token_path",
 ]
 
@@ -82,11 +83,17 @@ def make_private_dirs(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def real_store_path(db_path: str | os.PathLike[str]) -> str:
+    """The store's real path (symlinks resolved): what its lock, pid and token files sit
+    beside, so one store reached through two paths is still one store (one writer: G6)."""
+    return os.path.realpath(os.fspath(db_path))
+
+
 def token_path(db_path: str | os.PathLike[str]) -> Path:
-    """The token file beside a store (mode 0600)."""
-    return Path(f"{db_path}.token")
+    """The token file beside a store's real path (mode 0600)."""
+    return Path(f"{real_store_path(db_path)}.token")
 
 
 def lock_path(db_path: str | os.PathLike[str]) -> Path:
-    """The daemon's single-instance lock file beside a store."""
-    return Path(f"{db_path}.lock")
+    """The single-writer lock file beside a store's real path."""
+    return Path(f"{real_store_path(db_path)}.lock")

@@ -41,6 +41,11 @@ STATUS_KEYS = {
     "conversations",
     "messages",
     "daemon",
+    "lag",
+    "gaps",
+    "last_error",
+    "next_retry_at",
+    "mode",
 }
 CONVERSATION_KEYS = {"id", "title", "members", "unread"}
 MESSAGE_KEYS = {

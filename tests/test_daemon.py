@@ -285,10 +285,11 @@ def test_debug_logs_never_carry_the_token(
     token = json.loads(token_path(db).read_text())["token"]
     with daemon_process(db, notifications, "--log-level", "debug") as proc:
         notifications.expect("READY=1")
+        # The push goes over REST beside the live handshake: wait for both.
         wait_for(
-            lambda: one_json(invoke("--db", str(db), "--json", "status"))["outbox"]["pending"] == 0,
+            lambda: _pushed_and_live(one_json(invoke("--db", str(db), "--json", "status"))),
             10,
-            "the push",
+            "the push, and the live channel",
         )
         code, _took, err = stop(proc)
     assert code == 0, err
@@ -297,6 +298,33 @@ def test_debug_logs_never_carry_the_token(
     assert any(r["level"] == "debug" and r["logger"].startswith("websockets") for r in records)
     assert any("auth" in r["msg"] and "[redacted]" in r["msg"] for r in records)
     assert token not in err
+
+
+def test_poll_only_never_opens_the_live_channel(
+    tmp_path: Path, srv: ServerThread, notifications: Notifications
+) -> None:
+    db = tmp_path / "a.db"
+    login(db, srv.url, "po-alice")
+    cid = new_conversation(db, "po-bob")
+    one_json(invoke("--db", str(db), "--json", "send", cid, "over REST"))
+    with daemon_process(db, notifications, "--poll-only") as proc:
+        notifications.expect("READY=1")
+
+        def polling() -> bool:
+            doc = one_json(invoke("--db", str(db), "--json", "status"))
+            return bool(
+                doc["state"] == "live" and doc["mode"] == "polling" and doc["last_error"] is None
+            )
+
+        # LIVE without a link, and no failed handshake to explain it: none was tried.
+        wait_for(polling, 10, "the daemon polling with nothing pending")
+        assert one_json(invoke("--db", str(db), "--json", "status"))["outbox"]["pending"] == 0
+        code, _took, err = stop(proc)
+    assert code == 0, err
+
+
+def _pushed_and_live(doc: dict[str, Any]) -> bool:
+    return bool(doc["outbox"]["pending"] == 0 and doc["mode"] == "live")
 
 
 def test_not_logged_in_exits_1(tmp_path: Path) -> None:

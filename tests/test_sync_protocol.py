@@ -19,7 +19,12 @@ from syncengine.core.requests import (
     HistoryRequest,
     PresenceSnapshot,
 )
-from syncengine.core.schedule import OUTBOX_POLL_S, SyncSettings, default_live_retry_s
+from syncengine.core.schedule import (
+    OUTBOX_POLL_S,
+    SyncSettings,
+    default_live_retry_s,
+    live_handshake_s,
+)
 from syncengine.core.sync import CONNECTION_TRANSITIONS, IllegalTransition, SyncProtocol
 from syncengine.errors import (
     AuthFailed,
@@ -199,16 +204,57 @@ def test_while_live_the_safety_pull_is_due_on_its_interval() -> None:
     assert p.tick(NOW + 61.0) == [CatchUp()]
 
 
-def test_while_polling_the_poll_interval_applies_and_live_is_retried() -> None:
-    p = SyncProtocol(settings=SyncSettings(poll_interval_s=5.0))
+def test_while_polling_the_poll_interval_applies_and_live_is_retried_with_backoff() -> None:
+    settings = SyncSettings(poll_interval_s=5.0, backoff_base_s=0.5, backoff_cap_s=30.0)
+    p = SyncProtocol(settings=settings, rng=lambda: 1.0)  # the top of each jitter range
+    p.live_try_started()  # the session's first handshake runs beside push and catch-up
     p.reached_live(NOW)  # no live link: polling
-    assert p.tick(NOW + 5.0, want_live=True) == [CatchUp()]
+    assert p.tick(NOW + 5.0, want_live=True) == [CatchUp()]  # no second handshake meanwhile
     p.receive_pull_done(NOW + 5.0)
-    assert p.tick(NOW + 29.0, want_live=True) == [CatchUp()]
-    p.receive_pull_done(NOW + 29.0)
-    assert p.tick(NOW + 30.0, want_live=True) == [ConnectLive()]
-    assert p.tick(NOW + 31.0, want_live=True) == []  # re-armed: not before another 30 s
-    assert ConnectLive() not in p.tick(NOW + 100.0, want_live=False)  # the app said no live
+    assert p.live_retry_in(NOW + 5.0) is None
+    waits = []
+    now = NOW + 5.0
+    for _ in range(8):
+        waits.append(p.receive_live_failed(now))
+        assert p.live_retry_in(now) == waits[-1]
+        assert ConnectLive() not in p.tick(now + waits[-1] - 0.01, want_live=True)
+        now += waits[-1]
+        assert ConnectLive() in p.tick(now, want_live=True)
+        assert ConnectLive() not in p.tick(now, want_live=True)  # one handshake at a time
+    # Backoff, not a fixed wait: doubling from backoff_base_s up to the cap.
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    p.receive_live_failed(now)
+    assert ConnectLive() not in p.tick(now + 100.0, want_live=False)  # the app said no live
+
+
+def test_the_live_retry_wait_starts_short_again_once_the_channel_worked() -> None:
+    p = SyncProtocol(settings=SyncSettings(backoff_base_s=0.5, backoff_cap_s=30.0), rng=lambda: 1.0)
+    for _ in range(5):
+        p.receive_live_failed(NOW)
+    p.receive_ready(7)
+    p.live_attached()
+    assert p.receive_live_failed(NOW) == 0.5
+    # The longest wait is capped by live_retry_s too (six poll intervals, at least 30 s).
+    q = SyncProtocol(settings=SyncSettings(live_retry_s=2.0, backoff_cap_s=30.0), rng=lambda: 1.0)
+    assert max(q.receive_live_failed(NOW) for _ in range(10)) == 2.0
+
+
+def test_the_live_handshake_is_bounded_by_the_request_timeout() -> None:
+    assert live_handshake_s(5.0) == 5.0
+    assert live_handshake_s(0.1) == 1.0  # a loaded but healthy server is not given up on
+
+
+def test_lag_is_the_distance_to_the_last_known_server_head() -> None:
+    p = live_protocol(known_seq={"c1": 1})
+    assert p.lag == 0  # nothing known of the head yet
+    p.receive_ready(10)
+    assert p.lag == 10  # the cursor is at 0
+    p.receive_page(EventPage(events=(), next=10, has_more=False))
+    assert p.lag == 0
+    p.receive_live_batch([msg(14, 3)])  # seq 3 after 1: a gap, the cursor stays
+    assert (p.lag, len(p.gaps)) == (4, 1)
+    p.receive_page(EventPage(events=(), next=14, has_more=False))
+    assert (p.lag, len(p.gaps)) == (0, 0)
 
 
 def test_the_live_channel_back_makes_pulls_a_safety_net_again() -> None:

@@ -175,6 +175,11 @@ def status_doc_of(status: StoreStatus) -> dict[str, Any]:
         "conversations": health.conversations,
         "messages": health.messages,
         "daemon": {"running": status.daemon_running, "pid": status.daemon_pid},
+        "lag": health.lag,
+        "gaps": health.gaps,
+        "last_error": health.last_error,
+        "next_retry_at": health.next_retry_at,
+        "mode": health.mode,
     }
 
 

@@ -34,8 +34,16 @@ __all__ = ["daemon", "demo"]
     show_default=True,
     help="Days after which sent operations are pruned from the outbox.",
 )
+@click.option(
+    "--poll-only",
+    is_flag=True,
+    default=False,
+    help="Never open the live channel: pull over REST every few seconds instead.",
+)
 @click.pass_context
-def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: float) -> NoReturn:
+def daemon(
+    ctx: click.Context, log_level: str, safety_pull: float, prune_after: float, poll_only: bool
+) -> NoReturn:
     """Sync the store in the foreground until SIGTERM/SIGINT (one daemon per store).
 
     Exit status: 0 stopped cleanly, 1 not logged in or sync stopped, 65 damaged store,
@@ -58,7 +66,10 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     st = state(ctx)
     setup_logging(log_level)
     config = DaemonConfig(
-        db_path=st.db, safety_pull_s=safety_pull, prune_after_s=prune_after * 86400
+        db_path=st.db,
+        safety_pull_s=safety_pull,
+        prune_after_s=prune_after * 86400,
+        engine={"live": False} if poll_only else {},
     )
     ctx.exit(run_daemon(config, early_signals=early))
 

@@ -148,6 +148,8 @@ class SyncEngine(ChatMixin):
 
         Raises:
             StoreCorrupt, SchemaTooNew, StoreLocked: the store cannot be opened.
+            StoreLockHeld: ``connect`` is on and another process (a daemon) or another
+                engine already syncs this store (see docs/embedding.md).
         """
         session = self._session
         if session.store is not None:
@@ -155,7 +157,7 @@ class SyncEngine(ChatMixin):
         # websockets logs frames at DEBUG (the first one carries the token): make sure no
         # record in this process can carry it (G8: secrets never reach a log).
         install_redaction()
-        store = session.attach_store(Store(self.db_path))
+        store = session.open_store()
         token = load_token(self.db_path)
         server = self.config.server or store.get_meta("server")
         if token and server:
@@ -372,7 +374,7 @@ class SyncEngine(ChatMixin):
 
     async def health(self) -> SyncHealth:
         """The sync-health summary, derived from the store."""
-        return self.store.health(open_gaps=len(self._session.core.gaps))
+        return self._session.keeper.health()
 
     # --- ephemeral --------------------------------------------------------------------------
 

@@ -235,6 +235,7 @@ class Exchange:
                     await self._resync(transport)
                     continue
                 ahead = None
+                core.server_answered()
                 if (query := core.prefetch_request(page)) is not None:
                     ahead = loop.create_task(transport.pull(**query))
                 try:

@@ -2,18 +2,21 @@
 
 Each connection attempt is a *session*:
 
-1. CONNECTING: open the live channel (token in the first frame) and learn its ``head``;
-   if the WebSocket is refused at the handshake, fall back to REST polling.
+1. CONNECTING: start the live handshake in the background (token in the first frame, its
+   ``head`` from ``ready``; :mod:`syncengine.client.live_try`), bounded by the request
+   timeout. Nothing waits for it.
 2. SYNCING: push the outbox in batches (FIFO per conversation), then pull pages from the
    persisted cursor until caught up, each page applied with its cursor in one transaction.
-   Live events that arrive meanwhile are applied too (merging is idempotent).
+   The link is adopted as soon as its handshake ends well (a short grace is given to one
+   still under way); a handshake that fails leaves the session polling over REST.
 3. LIVE: apply live events in small batches as they arrive; push whenever the outbox has
    due work (including work queued by another process, e.g. the CLI); pull at once on a seq
-   gap; pull on a safety-net timer (or the poll interval when polling).
+   gap; pull on a safety-net timer (or the poll interval when polling, with the live channel
+   retried in the background with backoff).
 
-A transient failure ends the session; stamina's retry loop waits a capped full-jitter
-backoff (our :class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts
-the next one. A refused token stops the loop in FAILED until the user logs in again.
+A transient failure ends the session (so does a live link that dies, at once, even during a
+REST request); stamina's retry loop waits a capped full-jitter backoff (our
+:class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts the next one. A refused token stops the loop in FAILED until the user logs in again.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
 from syncengine.client.exchange import Exchange, known_seqs
+from syncengine.client.health import HealthKeeper, error_doc, sync_mode
+from syncengine.client.live_try import LiveTry
 from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
 from syncengine.core.requests import CatchUp, ConnectLive, PresenceSnapshot
+from syncengine.core.schedule import LIVE_GRACE_S
 from syncengine.core.sync import SyncProtocol
 from syncengine.core.typing import TypingThrottle
 from syncengine.errors import (
@@ -51,10 +57,11 @@ from syncengine.errors import (
     UsageError,
     WireError,
 )
+from syncengine.local.lock import EngineClaim
 from syncengine.events import DurableEvent, ServerEvent, UserPresenceChanged
 from syncengine.models import ConnectionState
 from syncengine.store import Store
-from syncengine.transport.base import LiveLink, LiveUnavailable, Transport, make_ssl_context
+from syncengine.transport.base import LiveLink, Transport, make_ssl_context
 
 __all__ = ["Session"]
 
@@ -81,7 +88,9 @@ class Session:
         self.store: Store | None = None
         self.transport: Transport | None = None
         self.link: LiveLink | None = None
-        self.mode = "offline"
+        self.live = LiveTry(self)
+        self.keeper = HealthKeeper(self)
+        self.claim = EngineClaim(db_path)
         self.presence_status: str | None = None
         self.last_error: str | None = None
         self.failure: SyncEngineError | None = None
@@ -95,6 +104,11 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- plumbing -----------------------------------------------------------------------
+
+    def open_store(self) -> Store:
+        """Open the store; a syncing engine first becomes its one writer (G6): StoreLockHeld
+        when another process (a daemon) or engine syncs it (this one then writes nothing)."""
+        return self.claim.open(self.config.connect, lambda: self.attach_store(Store(self.db_path)))
 
     def attach_store(self, store: Store) -> Store:
         """Take the freshly opened store: the core starts from its cursor and seqs."""
@@ -126,6 +140,7 @@ class Session:
                 self.set_state(ConnectionState.OFFLINE, "closed")
             self.store.close()
             self.store = None
+        self.claim.release()
 
     def require_store(self) -> Store:
         """The open store (UsageError when the engine is not open)."""
@@ -184,19 +199,30 @@ class Session:
         """Wake the live loop: the outbox has work, or a pull is wanted."""
         self._wake.set()
 
+    @property
+    def mode(self) -> str:
+        """``live``, ``polling`` or ``offline`` (see :func:`~syncengine.client.health.sync_mode`)."""
+        core = self.core
+        return sync_mode(core.state, link=self.link is not None, reached=core.server_reached)
+
     def set_state(self, new: ConnectionState, reason: str = "") -> None:
         """Move the connection state, record it (syncing engines only) and emit the change."""
         change = self.core.transition(new, reason)  # IllegalTransition: a bug here
         if change is None:
             return
         log.info("connection %s -> %s (%s)", change.old.value, change.new.value, change.reason)
+        if new is ConnectionState.CONNECTING:
+            self.keeper.notes.next_retry_at = None  # the retry is happening
         if self.store is not None and self.config.connect:
             with contextlib.suppress(StoreError):
-                self.store.set_state(new)
+                values = self.keeper.values()
+                self.store.set_state(new, **values)
+                self.keeper.recorded(values)
         self.bus.emit(change)
 
     def _on_backoff(self, exc: BaseException, delay: float) -> None:
         self.last_error = str(exc)
+        self.keeper.notes.failed(error_doc(exc), delay)
         self.set_state(ConnectionState.BACKOFF, f"{exc} (retry in {delay:.1f}s)")
 
     # --- the runner ---------------------------------------------------------------------
@@ -253,34 +279,46 @@ class Session:
         self.core.connection_lost()
         store = self.require_store()
         self.core.restore(store.cursor(), known_seqs(store))
-        link: LiveLink | None = None
-        if self.config.use_live:
-            try:
-                link = await transport.connect_live()
-            except LiveUnavailable as exc:
-                log.warning("live channel unavailable, polling over REST: %s", exc)
         tasks: list[asyncio.Task[Any]] = []
         queue = _LiveBuffer()
         try:
-            if link is not None:
-                self._attach_link(link, queue, tasks)
-            else:
-                self.mode = "polling"
+            # The live handshake runs beside push and catch-up: whatever a middlebox does to
+            # the upgrade, REST keeps the store current meanwhile.
+            if self.config.use_live:
+                self.live.start(transport)
             self.set_state(ConnectionState.SYNCING)
+            if not await self._adopt_live(queue, tasks) and self.live.pending:
+                self.keeper.live_pending()
             await matrix_glue.push_and_catch_up(self, tasks)
-            if link is not None and self.presence_status:
-                await link.send_presence(self.presence_status)
-            await self._refresh_presence(transport)
-            self.set_state(ConnectionState.LIVE, self.mode)
-            self.policy.reset()
-            self.core.reached_live(asyncio.get_running_loop().time())
+            if self.link is None and self.live.pending:
+                await self.live.wait(LIVE_GRACE_S)
+                if await self._adopt_live(queue, tasks) and self.core.pull_after_attach():
+                    await self.exchange.catch_up()  # from the cursor to past the live head
+            await self._go_live(transport)
             await self._live_loop(transport, queue, tasks)
         except (StoreFull, StoreLocked) as exc:
             # The store refused a write: nothing was committed (cursor unchanged). Treat as
             # transient: back off and try again; the daemon keeps running.
             raise _StoreBusy(str(exc)) from exc
         finally:
+            await self.live.cancel()
             await self._end_session(tasks)
+
+    async def _go_live(self, transport: Transport) -> None:
+        """Pushed and caught up: state LIVE (over the live channel, or polling)."""
+        if self.link is not None and self.presence_status:
+            await self.link.send_presence(self.presence_status)
+        await refresh_presence(self.require_store(), transport)
+        self.set_state(ConnectionState.LIVE, self.mode)
+        self.policy.reset()
+        self.core.reached_live(asyncio.get_running_loop().time())
+
+    async def _adopt_live(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> bool:
+        """Attach the link of a handshake that ended well; True when one was attached."""
+        link = self.live.take() if self.live.done else None
+        if link is not None:
+            self._attach_link(link, queue, tasks)
+        return link is not None
 
     async def _end_session(self, tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
@@ -291,7 +329,6 @@ class Session:
         if self.link is not None:
             await self.link.close()
         self.link = None
-        self.mode = "offline"
         self.core.connection_lost()
         self.throttle.reset()
         if self.store is not None:
@@ -300,58 +337,45 @@ class Session:
                 self.store.clear_typing()
                 self.store.recover_sending()
 
-    async def _refresh_presence(self, transport: Transport) -> None:
-        """Apply the server's presence snapshot (live changes only cover what happens next)."""
-        store = self.require_store()
-        for item in await transport.presence():
-            user, status, ts_ms = item.get("user"), item.get("status"), item.get("ts_ms", 0)
-            last_seen = item.get("last_seen_ms")
-            if not isinstance(user, str) or type(ts_ms) is not int:
-                continue
-            try:
-                store.apply_presence(
-                    user,
-                    str(status),
-                    ts_ms=ts_ms,
-                    last_seen_ms=last_seen if type(last_seen) is int else None,
-                )
-            except ValueError:
-                log.info("ignored presence with unknown status %r", status)
-
     def _attach_link(
         self, link: LiveLink, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
     ) -> None:
         self.link = link
-        self.mode = "live"
         self.core.receive_ready(link.head)
+        self.core.live_attached()
+        self.keeper.notes.recovered()
+        self.keeper.record()
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(self._read_live(link, queue), name="syncengine-reader"))
         tasks.append(loop.create_task(self._apply_live(queue), name="syncengine-applier"))
 
     async def _live_loop(
-        self,
-        transport: Transport,
-        queue: _LiveBuffer,
-        tasks: list[asyncio.Task[Any]],
+        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
     ) -> None:
         """LIVE: push due work, and perform what the protocol says is due, until the link or
         the server fails."""
-        loop = asyncio.get_running_loop()
-        core = self.core
         while True:
-            now = loop.time()
-            await self._wait(tasks, core.next_wakeup(now) - now)
-            if self.require_store().due_count(time.time()):
-                await self.exchange.push_all()
-            for request in core.tick(loop.time(), want_live=self.config.use_live):
-                if isinstance(request, CatchUp):
-                    await self._timed_catch_up()
-                elif isinstance(request, PresenceSnapshot):
-                    await self._refresh_presence(transport)
-                elif isinstance(request, ConnectLive):
-                    await self._reconnect_live(transport, queue, tasks)
-            for cid, frame in self.throttle.tick(time.monotonic()):
-                await self.send_typing(cid, frame)
+            now = time_now()
+            await self._wait(tasks, self.core.next_wakeup(now) - now)
+            await watched(self._due_work(transport, queue, tasks), tasks)
+
+    async def _due_work(
+        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """One round of the live loop: adopt a new link, push, and what the protocol asks."""
+        if self.live.done:
+            await self._live_back(queue, tasks)
+        if self.require_store().due_count(time.time()):
+            await self.exchange.push_all()
+        for request in self.core.tick(time_now(), want_live=self.config.use_live):
+            if isinstance(request, CatchUp):
+                await self._timed_catch_up()
+            elif isinstance(request, PresenceSnapshot):
+                await refresh_presence(self.require_store(), transport)
+            elif isinstance(request, ConnectLive):
+                self.live.start(transport)
+        for cid, frame in self.throttle.tick(time.monotonic()):
+            await self.send_typing(cid, frame)
 
     async def _timed_catch_up(self) -> None:
         loop = asyncio.get_running_loop()
@@ -365,18 +389,14 @@ class Session:
             log.info("pull failed while live, retrying: %s", exc)
         else:
             self.core.receive_pull_done(loop.time())
+            self.keeper.record()
 
-    async def _reconnect_live(
-        self, transport: Transport, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
-    ) -> None:
-        try:
-            link = await transport.connect_live()
-        except (LiveUnavailable, TransportError) as exc:
-            log.info("live channel still unavailable: %s", exc)
+    async def _live_back(self, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]) -> None:
+        """A handshake started while polling ended: when it brought a link, cover the events
+        between the last poll and its head, and report LIVE over the channel."""
+        if not await self._adopt_live(queue, tasks):
             return
-        self._attach_link(link, queue, tasks)
-        self.core.live_attached()
-        if not self.core.link_owns_cursor:  # else the link streams from the cursor itself
+        if self.core.pull_after_attach():
             await self.exchange.catch_up()  # cover events between the last poll and head
         self.set_state(ConnectionState.SYNCING, "live channel back")
         self.set_state(ConnectionState.LIVE, "live")
@@ -384,13 +404,13 @@ class Session:
     async def _wait(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         """Sleep until woken, a live task ends (its error is raised) or ``timeout``."""
         waiter = asyncio.get_running_loop().create_task(self._wake.wait())
-        await asyncio.wait([waiter, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [waiter, *tasks]
+        if self.live.pending and self.live.task is not None:
+            waited.append(self.live.task)  # a handshake that ends is adopted at once
+        await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         self._wake.clear()
-        for task in tasks:
-            if task.done():
-                exc = task.exception()
-                raise exc if exc is not None else _LinkClosed("live channel ended")
+        raise_if_ended(tasks)
 
     # --- the live channel ---------------------------------------------------------------
 
@@ -426,23 +446,11 @@ class Session:
                 if cursor is not None:
                     self.core.committed(cursor)  # only now may pulls start from it (G3)
             if len(durable) < len(batch):
-                batch = self._apply_ephemeral(batch)
+                batch = apply_ephemeral(self.require_store(), batch)
             self.exchange.emit_new(batch)
             if gap:
+                self.keeper.record()  # `syncengine status` shows the gap and the lag
                 self.kick()
-
-    def _apply_ephemeral(self, batch: list[ServerEvent]) -> list[ServerEvent]:
-        """Record the typing and presence events of a batch; returns the batch less the
-        events that were refused (a presence with an unknown status)."""
-        ephemeral = [ev for ev in batch if not isinstance(ev, DurableEvent)]
-        kept = self.require_store().apply_ephemeral(ephemeral)
-        if len(kept) == len(ephemeral):
-            return batch
-        refused = {id(ev) for ev in ephemeral} - {id(ev) for ev in kept}
-        for ev in ephemeral:
-            if id(ev) in refused and isinstance(ev, UserPresenceChanged):
-                log.info("ignored presence with unknown status %r", ev.status)
-        return [ev for ev in batch if id(ev) not in refused]
 
     async def send_typing(self, conversation_id: str, frame: bool) -> None:
         """Send one typing frame on the live link (dropped when there is none)."""
@@ -457,6 +465,77 @@ class Session:
             await make(link)
         except (TransportError, AuthFailed) as exc:
             log.info("live send failed: %s", exc)
+
+
+def apply_ephemeral(store: Store, batch: list[ServerEvent]) -> list[ServerEvent]:
+    """Record the typing and presence events of a batch; returns the batch less the
+    events that were refused (a presence with an unknown status)."""
+    ephemeral = [ev for ev in batch if not isinstance(ev, DurableEvent)]
+    kept = store.apply_ephemeral(ephemeral)
+    if len(kept) == len(ephemeral):
+        return batch
+    refused = {id(ev) for ev in ephemeral} - {id(ev) for ev in kept}
+    for ev in ephemeral:
+        if id(ev) in refused and isinstance(ev, UserPresenceChanged):
+            log.info("ignored presence with unknown status %r", ev.status)
+    return [ev for ev in batch if id(ev) not in refused]
+
+
+def time_now() -> float:
+    """The event loop's monotonic time (what the sync protocol's timers are on)."""
+    return asyncio.get_running_loop().time()
+
+
+def raise_if_ended(tasks: list[asyncio.Task[Any]]) -> None:
+    """Raise the error of a live task (reader, applier) that ended: the link is gone."""
+    for task in tasks:
+        if task.done():
+            exc = task.exception()
+            raise exc if exc is not None else _LinkClosed("live channel ended")
+
+
+async def watched(work: Coroutine[Any, Any, None], tasks: list[asyncio.Task[Any]]) -> None:
+    """Run ``work`` (REST requests, store writes) while watching the live tasks.
+
+    A live link that dies meanwhile ends the session at once: a request stuck on the same
+    dead network would otherwise hold the news back until its own timeout, and a half-open
+    link would be noticed seconds after its heartbeat said so. Work cut short is safe to
+    cut: pushes in flight return to PENDING when the session ends, and pages commit with
+    their cursor.
+    """
+    if not tasks:
+        await work
+        return
+    job = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([job, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if not job.cancelled():
+        job.result()  # the work's own error, if any
+        return
+    raise_if_ended(tasks)
+
+
+async def refresh_presence(store: Store, transport: Transport) -> None:
+    """Apply the server's presence snapshot (live changes only cover what happens next)."""
+    for item in await transport.presence():
+        user, status, ts_ms = item.get("user"), item.get("status"), item.get("ts_ms", 0)
+        last_seen = item.get("last_seen_ms")
+        if not isinstance(user, str) or type(ts_ms) is not int:
+            continue
+        try:
+            store.apply_presence(
+                user,
+                str(status),
+                ts_ms=ts_ms,
+                last_seen_ms=last_seen if type(last_seen) is int else None,
+            )
+        except ValueError:
+            log.info("ignored presence with unknown status %r", status)
 
 
 class _LiveBuffer:

@@ -108,8 +108,9 @@ class PushRound:
 
     Args:
         items: the claimed batch.
-        live: the live link is up: a transient failure retries the items on a timer instead
-            of ending the session (a live echo may confirm them first).
+        live: the session is LIVE (over the live link, or polling): a transient failure
+            retries the items on a timer instead of ending the session (a live echo or the
+            next poll may confirm them first).
         op_backoff: waits after a failed request.
         defer_backoff: waits for operations the server deferred or rate-limited.
     """

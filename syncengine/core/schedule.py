@@ -5,22 +5,52 @@ from __future__ import annotations
 
 import attrs
 
+import math
+import random
+from collections.abc import Callable
+
+from syncengine.core.backoff import Backoff
 from syncengine.core.requests import CatchUp, ConnectLive, Request
 
-__all__ = ["OUTBOX_POLL_S", "Schedule", "SyncSettings", "default_live_retry_s"]
+__all__ = [
+    "LIVE_GRACE_S",
+    "OUTBOX_POLL_S",
+    "Schedule",
+    "SyncSettings",
+    "default_live_retry_s",
+    "live_handshake_s",
+]
 
 #: The live loop wakes at least this often to look at the outbox: another process (the CLI)
 #: may have queued work without being able to wake this one.
 OUTBOX_POLL_S = 0.25
 
 
+#: How long a session that has pushed and caught up over REST still waits for a live
+#: handshake under way before it reports LIVE in polling mode: a healthy link on a near
+#: server is up by then (apps that act on LIVE find the channel open); a broken one only
+#: delays the next pull by this much, never the first push or catch-up.
+LIVE_GRACE_S = 0.5
+
+
 def default_live_retry_s(poll_interval_s: float) -> float:
-    """How long a polling session waits before trying the live channel again.
+    """The longest wait between two tries of the live channel while polling.
 
     Six poll intervals, and never under 30 s: a refused WebSocket (a proxy, a blocked path)
-    is usually refused again, and each try costs a handshake.
+    is usually refused again, and each try costs a handshake. The waits grow to this cap
+    with backoff (see :meth:`Schedule.live_failed`).
     """
     return max(poll_interval_s * 6, 30.0)
+
+
+def live_handshake_s(request_timeout_s: float) -> float:
+    """The deadline of each step of a live handshake (the upgrade, then the ``ready`` frame).
+
+    The same as one REST request: a middlebox that never answers the upgrade, or accepts it
+    and then passes nothing, costs no more than a slow request, and the session polls over
+    REST meanwhile. At least a second, so a loaded but healthy server is not given up on.
+    """
+    return max(1.0, request_timeout_s)
 
 
 @attrs.frozen(kw_only=True)
@@ -32,8 +62,9 @@ class SyncSettings:
         page_limit: events per pull request.
         poll_interval_s: pull interval when the live channel is unavailable.
         safety_pull_s: pull interval while live, as a safety net.
-        live_retry_s: wait between two tries of the live channel while polling (default:
-            :func:`default_live_retry_s` of the poll interval).
+        live_retry_s: the longest wait between two tries of the live channel while polling
+            (default: :func:`default_live_retry_s` of the poll interval); the waits start at
+            ``backoff_base_s`` and grow with backoff, capped by this and ``backoff_cap_s``.
         backoff_base_s, backoff_cap_s: waits before retrying a single request.
     """
 
@@ -49,27 +80,51 @@ class SyncSettings:
 
 
 class Schedule:
-    """The pull timer (safety net or poll), the urgent-pull gate, and the live-retry timer."""
+    """The pull timer (safety net or poll), the urgent-pull gate, and the live-retry timer.
 
-    def __init__(self, settings: SyncSettings) -> None:
+    Args:
+        settings: the timers.
+        rng: the random source of the live-retry jitter.
+    """
+
+    def __init__(self, settings: SyncSettings, rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.interval = settings.safety_pull_s
         self.next_pull = 0.0
         self.next_live_try = 0.0
         self.pull_blocked_until = 0.0
         self.pull_wanted = False
+        # A live channel that failed is retried with capped full-jitter backoff: soon after a
+        # passing fault, rarely when a middlebox refuses it for good.
+        self.live_backoff = Backoff(
+            base=settings.backoff_base_s,
+            cap=min(settings.backoff_cap_s, settings.live_retry_s),
+            rng=rng,
+        )
 
     def reached_live(self, now: float, *, live: bool) -> None:
         """The session caught up; ``live``: over the live channel (else polling)."""
         s = self.settings
         self.interval = s.safety_pull_s if live else s.poll_interval_s
         self.next_pull = now + self.interval
-        self.next_live_try = now + s.live_retry_s
         self.pull_blocked_until = 0.0
 
+    def live_try_started(self) -> None:
+        """A live handshake is under way: no other one until it ends."""
+        self.next_live_try = math.inf
+
+    def live_failed(self, now: float) -> float:
+        """A live handshake failed: returns the wait before the next one (backoff)."""
+        delay = self.live_backoff.next()
+        self.next_live_try = now + delay
+        return delay
+
     def live_attached(self) -> None:
-        """The live channel came back: pulls become a safety net."""
+        """The live channel is up: pulls become a safety net, and a later failure of the
+        channel is retried from the shortest wait again."""
         self.interval = self.settings.safety_pull_s
+        self.live_backoff.reset()
+        self.next_live_try = 0.0
 
     def want_pull(self) -> None:
         """Pull soon (a malformed live frame may have carried an event)."""
@@ -98,7 +153,7 @@ class Schedule:
             self.pull_wanted = False
             due.append(CatchUp())
         if polling_wants_live and now >= self.next_live_try:
-            self.next_live_try = now + self.settings.live_retry_s
+            self.live_try_started()
             due.append(ConnectLive())
         return due
 

@@ -174,7 +174,11 @@ class SyncProtocol:
         self.gaps: set[str] = set()
         # The highest pos a live decision handed out, committed or not (see receive_live).
         self._live_decided = 0
-        self.schedule = Schedule(s)
+        self.schedule = Schedule(s, rng=rng)
+        # The highest stream position known to exist on the server (ready frame, live
+        # events, the end of a pull): what ``lag`` is measured against.
+        self.server_head: Cursor | None = None
+        self.server_reached = False
         self.emit_filter = EmitFilter()
         # Waits after a failed request while the session stays up (a push or a pull).
         self.op_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
@@ -223,11 +227,18 @@ class SyncProtocol:
         self.known_seq = dict(known_seq)
 
     def connection_lost(self) -> None:
-        """The live link is gone: live events no longer prove contiguity."""
+        """The live link is gone (or a session starts): live events no longer prove
+        contiguity, and the server is not known to answer until it does again."""
         self.live_head = None
         self.link_up = False
         self.caught_up = False
         self._live_decided = 0
+        self.server_reached = False
+
+    def server_answered(self) -> None:
+        """The server answered a REST request in this session: REST works (without a live
+        link, the session polls rather than being offline)."""
+        self.server_reached = True
 
     @property
     def link_owns_cursor(self) -> bool:
@@ -237,6 +248,36 @@ class SyncProtocol:
     def reached_live(self, now: float) -> None:
         """The session pushed and caught up (state LIVE): start the pull timers."""
         self.schedule.reached_live(now, live=self.live_head is not None)
+
+    def live_try_started(self) -> None:
+        """A live handshake was started (at a session's start, or a retry while polling)."""
+        self.schedule.live_try_started()
+
+    def receive_live_failed(self, now: float) -> float:
+        """A live handshake failed while REST works: returns the wait before the next try."""
+        return self.schedule.live_failed(now)
+
+    def live_retry_in(self, now: float) -> float | None:
+        """Seconds until the next live try is due (None: none is planned)."""
+        due = self.schedule.next_live_try
+        return None if due == float("inf") else max(0.0, due - now)
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _saw_head(self, pos: Cursor | None) -> None:
+        if pos is None or not self.capabilities.ordered_cursor:
+            return
+        if self.server_head is None or pos > self.server_head:  # type: ignore[operator]
+            self.server_head = pos
+
+    @property
+    def lag(self) -> int:
+        """Stream positions between the cursor and the server's head as last known (0 when
+        positions are opaque, or nothing is known of the head)."""
+        head, cursor = self.server_head, self.cursor
+        if type(head) is not int or type(cursor) is not int:
+            return 0
+        return max(0, head - cursor)
 
     # --- push -------------------------------------------------------------------------------
 
@@ -255,7 +296,9 @@ class SyncProtocol:
 
     def push_round(self, items: Sequence[OutboxItem]) -> PushRound:
         """Push a claimed batch: bisection of a refused request, Retry-After, writes."""
-        live = self.state is CS.LIVE and self.live_head is not None
+        # LIVE, over the link or polling: a failed push is retried on a timer while the
+        # session stays up (a live echo or the next poll may confirm the items first).
+        live = self.state is CS.LIVE
         return PushRound(
             items, live=live, op_backoff=self.op_backoff, defer_backoff=self.defer_backoff
         )
@@ -286,6 +329,7 @@ class SyncProtocol:
         self.cursor = nxt
         self._note_seqs(page.events)
         if not page.has_more:
+            self._saw_head(nxt)
             # Live events may move an ordered cursor only: an opaque token is the server's.
             self.caught_up = self.live_head is not None and self.capabilities.ordered_cursor
             self.gaps.clear()
@@ -323,6 +367,8 @@ class SyncProtocol:
         """A resync replaced the store's view as of ``head``; the event for the app."""
         old = self.cursor
         self.cursor = head
+        self.server_head = None
+        self._saw_head(head)
         self.caught_up = False
         self._live_decided = 0
         self.gaps.clear()
@@ -336,8 +382,17 @@ class SyncProtocol:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
         self.link_up = True
-        self.caught_up = False
+        # A store already at or past the head needs no pull to prove contiguity: everything
+        # up to the cursor is stored and the channel delivers everything after the head.
+        cursor = self.cursor
+        self.caught_up = (
+            self.capabilities.ordered_cursor
+            and type(head) is int
+            and type(cursor) is int
+            and cursor >= head
+        )
         self._live_decided = 0
+        self._saw_head(head)
 
     def receive_checkpoint(self, cursor: Cursor) -> Cursor | None:
         """The live stream delivered everything before ``cursor``: the cursor to commit with
@@ -393,6 +448,8 @@ class SyncProtocol:
             if decision.cursor is not None:
                 cursor = decision.cursor
             gap = gap or decision.gap
+        if durable:
+            self._saw_head(durable[-1].pos)
         return cursor, gap
 
     def committed(self, cursor: Cursor) -> None:
@@ -403,8 +460,15 @@ class SyncProtocol:
         """A malformed live frame was quarantined: it may have carried an event, so pull."""
         self.schedule.want_pull()
 
+    def pull_after_attach(self) -> bool:
+        """A link was just attached: must a pull cover the events before its head? Not when
+        the store is already there, nor when the link owns the cursor (it streams from the
+        persisted cursor itself, and no pull may run beside it)."""
+        return not self.caught_up and not self.link_owns_cursor
+
     def live_attached(self) -> None:
-        """The live channel came back while polling: pulls become a safety net again."""
+        """The live channel is up (at a session's start or back while polling): pulls become
+        a safety net again."""
         self.schedule.live_attached()
 
     # --- events for the app, timers ---------------------------------------------------------

@@ -1,24 +1,50 @@
 """The single-writer lock of a store (guarantee G6): one syncing process per store.
 
-The lock is a ``filelock`` (``flock``) on ``<db>.lock``: the kernel releases it when the
-holder dies, even by ``kill -9``, so a stale lock never blocks the next start. The holder's
-pid is written to ``<db>.pid`` (the lock file itself is truncated by every process that tries
-the lock, so it cannot carry the pid). The daemon holds it for its lifetime; the CLI holds it
-only while it syncs by itself; readers never need it (SQLite's WAL lets them read).
+The lock is a ``filelock`` (``flock``) on ``<db>.lock`` beside the store's real path
+(``os.path.realpath``: a store reached through a symlink is the same store): the kernel
+releases it when the holder dies, even by ``kill -9``, so a stale lock never blocks the next
+start. The holder's pid is written to ``<db>.pid`` (the lock file itself is truncated by
+every process that tries the lock, so it cannot carry the pid). The daemon holds it for its lifetime; the CLI holds it
+only while it syncs by itself; a syncing ``SyncEngine`` holds it while open (or shares the
+one its own process took first, as the daemon and ``follow`` do); readers never need it
+(SQLite's WAL lets them read).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import filelock
 
 from syncengine.errors import StoreLockHeld
-from syncengine.paths import lock_path, make_private_dirs
+from syncengine.paths import lock_path, make_private_dirs, real_store_path
 
-__all__ = ["LOCK_WAIT_S", "StoreLock", "daemon_info", "pid_path"]
+__all__ = [
+    "LOCK_WAIT_S",
+    "EngineClaim",
+    "StoreLock",
+    "claim_for_engine",
+    "daemon_info",
+    "held_here",
+    "pid_path",
+    "release_for_engine",
+]
+
+#: The stores whose lock this process holds, by real path: a syncing engine opened by the
+#: lock's holder (the daemon, ``follow``) works under it instead of taking it again (an
+#: ``flock`` taken twice by one process on two descriptors would refuse itself).
+_HELD: set[str] = set()
+
+
+def held_here(db_path: str | os.PathLike[str]) -> bool:
+    """Whether this process holds the store's lock (through any path to it)."""
+    return real_store_path(db_path) in _HELD
+
+T = TypeVar("T")
 
 #: How long a starting daemon waits for the lock. Not zero: ``syncengine status`` probes the
 #: lock for a few microseconds, and a daemon starting at that instant must not give up.
@@ -26,8 +52,8 @@ LOCK_WAIT_S = 0.5
 
 
 def pid_path(db_path: str | os.PathLike[str]) -> Path:
-    """The file beside a store where the lock holder writes its pid."""
-    return Path(f"{db_path}.pid")
+    """The file beside a store's real path where the lock holder writes its pid."""
+    return Path(f"{real_store_path(db_path)}.pid")
 
 
 def _read_pid(path: Path) -> int | None:
@@ -47,6 +73,7 @@ class StoreLock:
 
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
+        self.real = real_store_path(db_path)
         self.path = lock_path(db_path)
         self.pid_file = pid_path(db_path)
         # thread_local=False: the holder may be released from another thread than the one
@@ -80,6 +107,7 @@ class StoreLock:
         finally:
             os.close(fd)
         os.replace(tmp, self.pid_file)
+        _HELD.add(self.real)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free at once; False when another process holds it."""
@@ -93,6 +121,7 @@ class StoreLock:
         """Remove the pid file and release the lock. Idempotent."""
         if not self.held:
             return
+        _HELD.discard(self.real)
         with contextlib.suppress(FileNotFoundError):
             if _read_pid(self.pid_file) == os.getpid():
                 self.pid_file.unlink()
@@ -127,3 +156,87 @@ def daemon_info(db_path: str | os.PathLike[str]) -> tuple[bool, int | None]:
         return False, None
     probe.release(force=True)
     return False, None
+
+
+#: The stores a syncing engine of this process has open, by real path.
+_ENGINES: set[str] = set()
+
+
+def claim_for_engine(db_path: str | os.PathLike[str]) -> StoreLock | None:
+    """Make a syncing engine the store's one writer (G6), before it opens the store.
+
+    The engine takes the store's lock, or works under the lock its own process already holds
+    (the daemon and ``follow`` take it, then open their engine); a second syncing engine on
+    the same store, in this process or another, is refused.
+
+    Returns:
+        The lock taken for the engine (None when it works under its process's lock); give it
+        back with :func:`release_for_engine`.
+
+    Raises:
+        StoreLockHeld: another process, or another engine of this one, syncs the store.
+    """
+    real = real_store_path(db_path)
+    if real in _ENGINES:
+        raise StoreLockHeld(
+            f"another engine of this process (pid {os.getpid()}) already syncs {db_path}",
+            pid=os.getpid(),
+        )
+    lock: StoreLock | None = None
+    if real not in _HELD:
+        lock = StoreLock(db_path)
+        lock.acquire()
+    _ENGINES.add(real)
+    return lock
+
+
+def release_for_engine(db_path: str | os.PathLike[str], lock: StoreLock | None) -> None:
+    """Give back what :func:`claim_for_engine` took. Idempotent."""
+    _ENGINES.discard(real_store_path(db_path))
+    if lock is not None:
+        lock.release()
+
+
+class EngineClaim:
+    """A syncing engine's claim to be its store's one writer (see :func:`claim_for_engine`).
+
+    Args:
+        db_path: the store file.
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self.db_path = db_path
+        self._lock: StoreLock | None = None
+        self.claimed = False
+
+    def take(self) -> None:
+        """Claim the store (idempotent).
+
+        Raises:
+            StoreLockHeld: another process, or another engine of this one, syncs the store.
+        """
+        if not self.claimed:
+            self._lock = claim_for_engine(self.db_path)
+            self.claimed = True
+
+    def open(self, claim: bool, opener: Callable[[], T]) -> T:
+        """Claim the store (when ``claim``), then run ``opener``; the claim is given back
+        when ``opener`` fails.
+
+        Raises:
+            StoreLockHeld: see :meth:`take` (``opener`` is not run).
+        """
+        if claim:
+            self.take()
+        try:
+            return opener()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the claim back. Idempotent."""
+        if self.claimed:
+            self.claimed = False
+            release_for_engine(self.db_path, self._lock)
+            self._lock = None

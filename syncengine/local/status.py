@@ -64,6 +64,9 @@ def store_status(db: str | os.PathLike[str]) -> StoreStatus:
     finally:
         store.close()
     running, pid = daemon_info(db)
+    if not running:
+        # What a process that is gone recorded of its link and its plans is stale.
+        health = attrs.evolve(health, mode="offline", next_retry_at=None)
     return StoreStatus(
         state=effective_state(health.state, writer_running=running),
         health=health,

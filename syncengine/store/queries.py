@@ -284,15 +284,23 @@ def health(c: Any, now: float, open_gaps: int | None) -> SyncHealth:
 
     Status derived from the store, never from a flag set optimistically, cannot say "synced"
     while uploads are pending. Open gaps are known only to the syncing process (its sync
-    protocol detects them): it passes ``open_gaps``; any other reader gets 0.
+    protocol detects them): it passes ``open_gaps``; any other reader gets 0 there, and the
+    copy the syncing process records (``gaps``, ``lag``, ``mode``...) in ``meta``.
     """
     counts = dict(c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
     oldest = c.execute(
         "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
     ).fetchone()[0]
     meta = dict(
-        c.execute("SELECT key, value FROM meta WHERE key IN ('state', 'last_sync_at')").fetchall()
+        c.execute(
+            "SELECT key, value FROM meta WHERE key IN ('state', 'last_sync_at', 'mode', "
+            "'open_gaps', 'server_head', 'last_error', 'next_retry_at')"
+        ).fetchall()
     )
+    cursor = read_cursor(c)
+    gaps = int(meta["open_gaps"]) if (meta.get("open_gaps") or "").isdigit() else 0
+    head = meta.get("server_head") or ""
+    lag = max(0, int(head) - cursor) if head.isdigit() and type(cursor) is int else 0
     n_conv = c.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
     n_msg = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
     return SyncHealth(
@@ -301,9 +309,23 @@ def health(c: Any, now: float, open_gaps: int | None) -> SyncHealth:
         sending=counts.get("sending", 0),
         failed=counts.get("failed", 0),
         oldest_pending_age_s=(now - oldest) if oldest is not None else None,
-        cursor=read_cursor(c),
+        cursor=cursor,
         last_sync_at=float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
         open_gaps=open_gaps or 0,
         conversations=n_conv,
         messages=n_msg,
+        lag=lag,
+        gaps=gaps,
+        last_error=_json_or_none(meta.get("last_error")),
+        next_retry_at=float(meta["next_retry_at"]) if meta.get("next_retry_at") else None,
+        mode=meta.get("mode") or "offline",
     )
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return orjson.loads(text)
+    except ValueError:
+        return None

@@ -157,9 +157,9 @@ class Store(ChatQueries):
         """``server``, ``user`` and ``device`` of this store (None when not logged in)."""
         return {k: self.get_meta(k) for k in ("server", "user", "device")}
 
-    def set_state(self, state: ConnectionState) -> None:
-        """Record the connection state for readers in other processes (``syncengine status``)."""
-        self.set_meta(state=state.value, state_at=repr(self._clock()))
+    def set_state(self, state: ConnectionState, **health: str | None) -> None:
+        """Record the connection state (and ``health`` meta values) for ``syncengine status``."""
+        self.set_meta(state=state.value, state_at=repr(self._clock()), **health)
 
     # --- the outbox (outbox.py) ---------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 The token goes in the first frame, never in the URL. Compression is off (permessage-deflate
 costs about a third of the throughput for small JSON frames, see docs/performance.md).
 Heartbeats are websockets' pings: ``ping_interval`` 2 s and ``ping_timeout`` 3 s detect a
-half-open link within about 5 s; the ping state belongs to each connection.
+half-open link within about 5 s (plus :data:`CLOSE_TIMEOUT_S`); the ping state belongs to each
+connection.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from syncengine.transport.boundary import Rule, encode_json, map_exceptions, rai
 __all__ = ["WebSocketLink"]
 
 log = logging.getLogger("syncengine.live")
+
+#: How long a closing link waits for the server's close frame before it drops the socket.
+#: A missed heartbeat closes the link this way too, and a half-open link never answers: the
+#: wait adds to the detection time (2 s pings + 3 s deadline + this), while a server that is
+#: there answers within a round trip. The server treats a dropped socket as any disconnect.
+CLOSE_TIMEOUT_S = 0.5
 
 
 def _closed_error(exc: ConnectionClosed) -> Exception:
@@ -107,6 +114,10 @@ class WebSocketLink:
     ) -> WebSocketLink:
         """Open, authenticate and wait for ``ready``.
 
+        ``open_timeout`` bounds the upgrade, then again the wait for the ``ready`` frame (a
+        middlebox may accept the upgrade and then pass nothing); the engine derives it from
+        its request timeout (:func:`~syncengine.core.schedule.live_handshake_s`).
+
         Raises:
             LiveUnavailable: the WebSocket handshake was refused (poll over REST instead).
             AuthFailed: the token was refused.
@@ -126,7 +137,7 @@ class WebSocketLink:
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
                 open_timeout=open_timeout,
-                close_timeout=2.0,
+                close_timeout=CLOSE_TIMEOUT_S,
                 max_size=wire.MAX_FRAME_BYTES,
                 max_queue=4096,
                 **kwargs,

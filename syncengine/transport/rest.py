@@ -170,6 +170,7 @@ class RestTransport:
         )
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.timeout_s = timeout_s
         self._token: str | None = None
         # Page sizes known to fit the body limit, after a page came back too large (None:
         # as the caller asks). Kept until the end is reached, so a catch-up does not ask for
@@ -370,6 +371,7 @@ class RestTransport:
 
     async def connect_live(self) -> LiveLink:
         """Open the live channel with this transport's token and TLS context."""
+        from syncengine.core.schedule import live_handshake_s
         from syncengine.transport.live import WebSocketLink
 
         if self._token is None:
@@ -380,6 +382,7 @@ class RestTransport:
             ssl_context=self.ssl_context if self.live_url.startswith("wss://") else None,
             ping_interval=self.heartbeat_interval_s,
             ping_timeout=self.heartbeat_timeout_s,
+            open_timeout=live_handshake_s(self.timeout_s),
         )
 
     async def aclose(self) -> None:

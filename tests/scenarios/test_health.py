@@ -91,10 +91,6 @@ def check_error(error: Any, since: float) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: SyncEngine.health() has no lag, gaps, last_error, next_retry_at or mode",
-)
 async def test_health_of_a_live_engine(server: Any, scn_engines: ScnEngineFactory) -> None:
     async with ScnClient(server.url, "alice") as alice:
         cid = await alice.create("Health", ["bob"])
@@ -118,11 +114,6 @@ async def test_health_of_a_live_engine(server: Any, scn_engines: ScnEngineFactor
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: in BACKOFF, health() does not say why (last_error) nor when the next "
-    "try is due (next_retry_at), nor that the mode is offline",
-)
 async def test_health_in_backoff_says_why_and_when(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -196,11 +187,6 @@ async def test_engine_open_gaps_counts_a_gap_pulls_cannot_fill(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: an open seq gap is not reported as 'gaps' (nor the cursor lag) in "
-    "health() and status; status always shows 0 gaps",
-)
 async def test_open_gap_is_counted_in_health_and_status(
     server: Any, scn_engines: ScnEngineFactory
 ) -> None:
@@ -235,11 +221,6 @@ async def test_open_gap_is_counted_in_health_and_status(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: 'syncengine status --json' has no lag, gaps, last_error, next_retry_at "
-    "or mode, live or in BACKOFF",
-)
 async def test_status_json_of_the_daemon_has_the_health_keys(
     tmp_path: Path, scn_daemons: Any
 ) -> None:

@@ -47,11 +47,6 @@ BROKEN = [
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", BROKEN)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: with the live channel broken (5xx, no answer, or silent after the "
-    "upgrade) the engine never pushes or pulls over REST; only a 4xx refusal falls back",
-)
 async def test_broken_live_channel_falls_back_to_rest(
     server: Any, scn_engines: ScnEngineFactory, mode: str
 ) -> None:

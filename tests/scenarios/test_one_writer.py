@@ -38,12 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: an embedding app's syncing SyncEngine beside a running daemon takes no "
-    "lock and on close writes 'offline' over the daemon's state, so status lies and "
-    "'syncengine sync' exits 1",
-)
 async def test_embedding_engine_beside_a_daemon_defers_to_it(
     tmp_path: Path, server: Any, scn_daemons: Any
 ) -> None:
@@ -93,11 +87,6 @@ def _has_conversation(db: Path) -> Any:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: the daemon's lock is keyed by the path given, not the store's real "
-    "path, so a second daemon started through a symlink runs beside the first",
-)
 async def test_second_daemon_through_a_symlink_is_refused(
     tmp_path: Path, server: Any, scn_daemons: Any
 ) -> None:
