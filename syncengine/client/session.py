@@ -57,8 +57,8 @@ from syncengine.errors import (
     UsageError,
     WireError,
 )
-from syncengine.local.lock import EngineClaim
 from syncengine.events import DurableEvent, ServerEvent, UserPresenceChanged
+from syncengine.local.lock import EngineClaim
 from syncengine.models import ConnectionState
 from syncengine.store import Store
 from syncengine.transport.base import LiveLink, Transport, make_ssl_context

@@ -3,11 +3,11 @@ on a monotonic clock)."""
 
 from __future__ import annotations
 
-import attrs
-
 import math
 import random
 from collections.abc import Callable
+
+import attrs
 
 from syncengine.core.backoff import Backoff
 from syncengine.core.requests import CatchUp, ConnectLive, Request

@@ -47,11 +47,11 @@ if TYPE_CHECKING:
     from syncengine.local.writes import (
         cancel_operation,
         change_members,
-        queue_reaction,
         offline_engine,
         queue_conversation,
         queue_delete,
         queue_edit,
+        queue_reaction,
         queue_read,
         queue_send,
         requeue,

@@ -4,10 +4,10 @@ The lock is a ``filelock`` (``flock``) on ``<db>.lock`` beside the store's real 
 (``os.path.realpath``: a store reached through a symlink is the same store): the kernel
 releases it when the holder dies, even by ``kill -9``, so a stale lock never blocks the next
 start. The holder's pid is written to ``<db>.pid`` (the lock file itself is truncated by
-every process that tries the lock, so it cannot carry the pid). The daemon holds it for its lifetime; the CLI holds it
-only while it syncs by itself; a syncing ``SyncEngine`` holds it while open (or shares the
-one its own process took first, as the daemon and ``follow`` do); readers never need it
-(SQLite's WAL lets them read).
+every process that tries the lock, so it cannot carry the pid). The daemon holds it for its
+lifetime; the CLI holds it only while it syncs by itself; a syncing ``SyncEngine`` holds it
+while open (or shares the one its own process took first, as the daemon and ``follow`` do);
+readers never need it (SQLite's WAL lets them read).
 """
 
 from __future__ import annotations
