@@ -18,6 +18,7 @@ import orjson
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
+from syncengine.core.resync import Resync
 from syncengine.errors import (
     CursorExpired,
     Rejected,
@@ -39,7 +40,12 @@ if TYPE_CHECKING:
     from syncengine.core.sync import SyncProtocol
     from syncengine.store import Store
 
-__all__ = ["Exchange", "known_seqs"]
+__all__ = ["EPOCH_META", "RESYNC_META", "Exchange", "known_seqs"]
+
+#: The store's ``meta`` key of an unfinished resync's plan (JSON), to continue it.
+RESYNC_META = "resync_plan"
+#: The store's ``meta`` key of the server epoch the store is in step with.
+EPOCH_META = "server_epoch"
 
 log = logging.getLogger("syncengine.engine")
 
@@ -255,23 +261,61 @@ class Exchange:
             self.session.require_store().quarantine(raw, error)
         self.emit_new(page.events)
 
-    async def _resync(self, transport: Transport) -> None:
-        """The cursor expired (G5): follow the protocol's plan, then emit one Discontinuity."""
+    async def _resync(self, transport: Transport, epoch: str = "") -> None:
+        """A discontinuity (G5: the cursor expired, or the server's epoch changed): follow the
+        protocol's plan, then emit one Discontinuity.
+
+        The plan is saved in the store after every step, so a 429, a transport error or a
+        restart continues from the page it stopped at instead of starting over.
+        """
         session = self.session
         store = session.require_store()
-        plan = session.core.start_resync()
-        log.warning("cursor %s expired on the server: resyncing", plan.old_cursor)
+        saved = store.get_meta(RESYNC_META)
+        if saved:
+            plan = Resync.restore(orjson.loads(saved))
+            log.warning("continuing the resync from cursor %s", plan.old_cursor)
+        else:
+            plan = session.core.start_resync(epoch)
+            log.warning("discontinuity at cursor %s: resyncing", plan.old_cursor)
         while (request := plan.next_request()) is not None:
             if isinstance(request, ConversationsSnapshot):
                 convs, head = await transport.conversations()
                 store.replace_conversations(convs)
-                plan.receive_snapshot(convs, head)
-                continue
-            page = await transport.history(request.conversation_id, request.before, request.limit)
-            writes = plan.receive_history(page)
-            store.apply_history(writes.messages)
-            if writes.complete:
-                store.set_history_complete(writes.conversation_id)
+                floors = {c["id"]: store.lowest_seq(c["id"]) for c in convs}
+                plan.receive_snapshot(
+                    convs, head, {k: v for k, v in floors.items() if v is not None}
+                )
+            else:
+                await self._resync_history(transport, plan, request)
+            store.set_meta(**{RESYNC_META: orjson.dumps(plan.state()).decode()})
         head = plan.new_cursor()
         store.reset_cursor(head)
+        store.set_meta(**{RESYNC_META: None, EPOCH_META: plan.epoch or None})
         session.bus.emit(session.core.resynced(head, known_seqs(store)))
+
+    async def _resync_history(self, transport: Transport, plan: Resync, request: Any) -> None:
+        """One history page of the resync, applied as the server's copy of its range; a 404
+        (the user left the conversation meanwhile) removes the conversation."""
+        store = self.session.require_store()
+        try:
+            page = await transport.history(request.conversation_id, request.before, request.limit)
+        except Rejected as exc:
+            if exc.status not in (403, 404) and exc.code not in ("not_found", "forbidden"):
+                raise
+            gone = plan.receive_gone()
+            log.info("conversation %s is gone (%s): removed", gone.conversation_id, exc.code)
+            store.remove_conversation(gone.conversation_id)
+            return
+        w = plan.receive_history(page)
+        store.replace_range(
+            w.conversation_id,
+            w.messages,
+            low=w.low,
+            high=w.high,
+            last_seq=w.last_seq,
+            drop_below=w.drop_below,
+        )
+        if w.complete:
+            store.set_history_complete(w.conversation_id)
+        elif w.high is None:
+            store.set_meta(**{f"eoh:{w.conversation_id}": None})

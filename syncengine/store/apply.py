@@ -330,7 +330,11 @@ def replace_conversations(
                 now,
             ),
         )
-        c.execute("UPDATE conversations SET pending = 0 WHERE id = ?", (cid,))
+        # The user's own read position may have moved on another device meanwhile.
+        c.execute(
+            "UPDATE conversations SET pending = 0, read_seq = MAX(read_seq, ?) WHERE id = ?",
+            (int(conv.get("read_seq", 0) or 0), cid),
+        )
         if cur.rowcount:
             _set_members(c, cid, members)
     for (cid,) in c.execute("SELECT id FROM conversations WHERE pending = 0").fetchall():

@@ -34,7 +34,7 @@ from syncengine.models import (
     Typing,
 )
 from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
-from syncengine.store import apply, outbox, queries
+from syncengine.store import apply, authority, outbox, queries
 from syncengine.store.apply import ApplyResult
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
@@ -314,6 +314,15 @@ class Store:
         """
         self.apply_events(apply.history_events(messages))
         return len(messages)
+
+    def replace_range(self, conversation_id: str, messages: Sequence[Any], **kw: Any) -> None:
+        """Make a range of a conversation exactly the server's ``messages`` (a resync page or
+        a re-fetched message): see :func:`syncengine.store.authority.replace_range`."""
+        self._write(authority.replace_range, conversation_id, messages, **kw)
+
+    def remove_conversation(self, conversation_id: str) -> None:
+        """Forget a conversation the user is no longer a member of, with its messages."""
+        self._write(authority.remove_conversation, conversation_id)
 
     def replace_conversations(self, conversations: Sequence[dict[str, Any]]) -> None:
         """Resync: make the conversation list (titles, members) match a server snapshot.
