@@ -291,27 +291,29 @@ async def test_only_the_sender_may_edit_or_delete(api: Api) -> None:
     assert [(r["code"], r["status_code"]) for r in results] == [("forbidden", 403)] * 2
 
 
-async def test_target_op_id_is_scoped_to_the_same_device(api: Api) -> None:
+async def test_target_op_id_is_scoped_to_the_user(api: Api) -> None:
+    # Issue 12: op ids are the user's, whatever the device: alice's phone may name the send
+    # of her laptop by its op id; bob may not (it is not his operation).
     await api.login("alice", device="phone")
+    await api.login("bob", device="phone")
     cid = await api.create("alice", ["bob"])
     send_id = new_id()
     await api.send("alice", cid, op_id=send_id)
-    response = await api.client.post(
-        "/v1/ops",
-        json={
-            "ops": [
-                {
-                    "op_id": new_id(),
-                    "kind": "edit",
-                    "conversation_id": cid,
-                    "target_op_id": send_id,
-                    "body": "x",
-                }
-            ]
-        },
-        headers=api.auth("alice/phone"),
-    )
-    assert response.json()["results"][0]["code"] == "not_found"
+
+    async def edit(who: str) -> dict[str, Any]:
+        op = {
+            "op_id": new_id(),
+            "kind": "edit",
+            "conversation_id": cid,
+            "target_op_id": send_id,
+            "body": "x",
+        }
+        r = await api.client.post("/v1/ops", json={"ops": [op]}, headers=api.auth(who))
+        return dict(r.json()["results"][0])
+
+    assert (await edit("bob/phone"))["code"] == "not_found"
+    assert (await edit("alice/phone"))["status"] == "applied"
+    assert [m["body"] for m in api.state.all_messages(cid)] == ["x"]
 
 
 async def test_create_conversation_op(api: Api) -> None:
@@ -341,13 +343,14 @@ async def test_replay_returns_the_original_result(api: Api) -> None:
     assert second == {**first, "status": "duplicate"}
     (conflict,) = await api.ops("alice", {**op, "body": "twice"})
     assert conflict["status"] == "rejected"
-    assert (conflict["code"], conflict["status_code"]) == ("op_id_conflict", 422)
+    assert (conflict["code"], conflict["status_code"]) == ("op_id_conflict", 409)
     assert len(api.state.all_messages(cid)) == 1
-    # The same op id from another device is another operation.
+    # Issue 12: an op id names one operation of one user, whatever the device: the same op
+    # from another device of alice is the same operation (a duplicate), never a second one.
     await api.login("alice", device="phone")
     other = await api.client.post("/v1/ops", json={"ops": [op]}, headers=api.auth("alice/phone"))
-    assert other.json()["results"][0]["status"] == "applied"
-    assert len(api.state.all_messages(cid)) == 2
+    assert other.json()["results"][0] == {**first, "status": "duplicate"}
+    assert len(api.state.all_messages(cid)) == 1
 
 
 async def test_rejections_are_recorded_and_replayed(api: Api) -> None:

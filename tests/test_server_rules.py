@@ -148,6 +148,8 @@ def test_query_integers() -> None:
 
 
 def test_one_table_maps_every_code_to_its_status() -> None:
-    assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["invalid"] == 422
+    # Issue 12: an op id reused with another payload is a conflict (409), not a schema error.
+    assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["conflict"] == 409
+    assert errors.ERROR_STATUS["invalid"] == 422
     assert errors.RateLimited("slow down", retry_after_ms=5).status == 429
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)

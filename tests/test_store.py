@@ -897,17 +897,20 @@ def test_opening_never_widens_a_mode_the_owner_narrowed(
 
 
 def test_migrations_are_recorded(store: Store, db_path: Path) -> None:
-    assert store.schema == list(SCHEMA_NAMES) == ["0001_initial"]
+    names = ["0001_initial", "0002_echo_beside_server_copy"]
+    assert store.schema == list(SCHEMA_NAMES) == names
     with raw(db_path) as c:
         rows = c.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert rows == [("syncengine.store", "0001_initial")]
+    assert rows == [("syncengine.store", n) for n in names]
 
 
 def test_reopening_applies_nothing_twice(db_path: Path) -> None:
     for _ in range(3):
         open_store(db_path).close()
     with raw(db_path) as c:
-        assert c.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == 1
+        assert c.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == len(
+            SCHEMA_NAMES
+        )
 
 
 def test_schema_too_new_is_refused_and_left_untouched(db_path: Path) -> None:

@@ -530,3 +530,24 @@ def test_a_stale_presence_is_fetched_after_the_catch_up_of_the_same_tick() -> No
     p.receive_applied([conv(2)], listening=False)
     p.receive_live_batch([msg(5, 4)])  # a gap too
     assert p.tick(NOW) == [CatchUp(), PresenceSnapshot()]
+
+
+def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
+    from syncengine.core.resync import readded_conversations
+
+    stored: dict[str, tuple[str, ...] | None] = {
+        "out": ("alice",),  # bob was removed: the store keeps the conversation without him
+        "in": ("alice", "bob"),
+        "new": None,  # not in the store: a new conversation, nothing was missed
+    }
+    updates = [
+        ("out", ("alice", "bob")),
+        ("in", ("alice", "bob", "carol")),
+        ("new", ("alice", "bob")),
+        ("out", ("alice", "bob", "dave")),
+    ]
+    assert readded_conversations(updates, "bob", stored) == ["out"]
+    # Removed and added back within one batch counts too.
+    both = [("in", ("alice",)), ("in", ("alice", "bob"))]
+    assert readded_conversations(both, "bob", stored) == ["in"]
+    assert readded_conversations([], "bob", stored) == []

@@ -18,9 +18,10 @@ import orjson
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
-from syncengine.core.resync import Resync
+from syncengine.core.resync import Resync, readded_conversations
 from syncengine.errors import (
     CursorExpired,
+    NotFound,
     Rejected,
     StoreCorrupt,
     StoreError,
@@ -29,7 +30,7 @@ from syncengine.errors import (
     TransportError,
     WireError,
 )
-from syncengine.events import MessageFailed, MessageSent, ServerEvent
+from syncengine.events import ConversationUpdated, MessageFailed, MessageSent, ServerEvent
 from syncengine.models import HistoryPage, OpKind, OutboxItem
 from syncengine.transport.base import Transport
 from syncengine.wire import EventPage
@@ -53,6 +54,20 @@ log = logging.getLogger("syncengine.engine")
 # GIL while SQLite works and a commit mostly waits for the disk, so receiving and decoding go
 # on meanwhile. Smaller ones are committed on the loop (a thread hop costs ~50 µs).
 _THREAD_APPLY_MIN = 64
+
+
+def _present(seqs: dict[str, int | None]) -> dict[str, int]:
+    return {k: v for k, v in seqs.items() if v is not None}
+
+
+def _stored_members(store: Store, cid: str) -> tuple[str, ...] | None:
+    """The members the store holds (() when the user is no longer one; None: unknown)."""
+    if not store.has_conversation(cid):
+        return None
+    try:
+        return store.conversation(cid).members
+    except NotFound:
+        return ()
 
 
 def known_seqs(store: Store) -> dict[str, int]:
@@ -80,6 +95,8 @@ class Exchange:
         self.session = session
         self._push_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
+        # (conversation, message) changed locally by an edit or delete the server refused.
+        self._repair: list[tuple[str, str]] = []
 
     # --- emitting -----------------------------------------------------------------------
 
@@ -94,11 +111,41 @@ class Exchange:
     async def apply_events(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
     ) -> None:
-        """:meth:`apply_safely`, on a worker thread when the batch is large."""
+        """:meth:`apply_safely`, on a worker thread when the batch is large; then the history
+        of each conversation the batch adds the user back to is read again."""
+        readded = self._readded(events)
         if len(events) >= _THREAD_APPLY_MIN:
             await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
         else:
             self.apply_safely(events, cursor=cursor, synced=synced)
+        for cid in readded:
+            await self._refill(cid)
+
+    def _readded(self, events: Sequence[ServerEvent]) -> list[str]:
+        store = self.session.require_store()
+        me = store.user
+        updates = [
+            (ev.conversation_id, tuple(ev.members))
+            for ev in events
+            if isinstance(ev, ConversationUpdated) and me in ev.members
+        ]
+        if not updates:
+            return []
+        return readded_conversations(updates, me, {cid: _stored_members(store, cid) for cid, _m in updates})
+
+    async def _refill(self, cid: str) -> None:
+        """Read a conversation's history again, as a resync does (the user is back in it)."""
+        transport = self.session.transport
+        if transport is None:
+            return
+        store = self.session.require_store()
+        plan = Resync(0)
+        plan.receive_snapshot([{"id": cid}], 0, _present({cid: store.lowest_seq(cid)}))
+        try:
+            while (request := plan.next_request()) is not None:
+                await self._resync_history(transport, plan, request)
+        except (TransportError, Rejected, WireError) as exc:
+            log.info("re-reading the history of %s failed: %s", cid, exc)
 
     def apply_safely(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
@@ -166,6 +213,7 @@ class Exchange:
                 push = core.push_round(items)
                 await self._push_round(transport, push)
                 total += push.acked
+                await self._repair_rejected(transport)
                 if push.stopped:
                     return total
 
@@ -210,12 +258,33 @@ class Exchange:
 
     def _fail(self, item: OutboxItem, code: str, reason: str) -> None:
         if self.session.require_store().mark_failed(item.op_id, code, reason):
+            mid = item.payload.get("message_id")
+            if item.kind in (OpKind.EDIT, OpKind.DELETE) and mid:
+                # Its local effect (hidden or changed text) is undone from the server's copy.
+                self._repair.append((item.conversation_id, str(mid)))
             log.warning("operation %s (%s) rejected: %s: %s", item.op_id, item.kind, code, reason)
             self.session.bus.emit(
                 MessageFailed(
                     op_id=item.op_id, conversation_id=item.conversation_id, code=code, reason=reason
                 )
             )
+
+    async def _repair_rejected(self, transport: Transport) -> None:
+        """Re-fetch each message a rejected edit or delete changed locally and store the
+        server's copy in its place (a failure leaves it for the next resync)."""
+        store = self.session.require_store()
+        while self._repair:
+            cid, mid = self._repair.pop(0)
+            seq = store.message_seq(mid)
+            if seq is None:
+                continue
+            try:
+                page = await transport.history(cid, seq + 1, 1)
+            except (TransportError, Rejected, WireError) as exc:
+                log.info("re-fetching message %s failed: %s", mid, exc)
+                continue
+            mine = [m for m in page.messages if m.seq == seq]
+            store.replace_range(cid, mine, low=seq, high=seq)
 
     # --- pull ---------------------------------------------------------------------------
 
@@ -282,9 +351,7 @@ class Exchange:
                 convs, head = await transport.conversations()
                 store.replace_conversations(convs)
                 floors = {c["id"]: store.lowest_seq(c["id"]) for c in convs}
-                plan.receive_snapshot(
-                    convs, head, {k: v for k, v in floors.items() if v is not None}
-                )
+                plan.receive_snapshot(convs, head, _present(floors))
             else:
                 await self._resync_history(transport, plan, request)
             store.set_meta(**{RESYNC_META: orjson.dumps(plan.state()).decode()})

@@ -26,7 +26,13 @@ from syncengine.core.history import RESYNC_HISTORY_PAGE
 from syncengine.core.requests import ConversationsSnapshot, HistoryRequest
 from syncengine.wire import HistoryPageWire
 
-__all__ = ["MAX_PAGES_PER_CONVERSATION", "ConversationGone", "HistoryWrites", "Resync"]
+__all__ = [
+    "MAX_PAGES_PER_CONVERSATION",
+    "ConversationGone",
+    "HistoryWrites",
+    "Resync",
+    "readded_conversations",
+]
 
 #: The bound of one conversation's re-validation: beyond it, what the store holds below the
 #: pages read is dropped and fetched again on demand (back-pagination).
@@ -183,3 +189,30 @@ class Resync:
         self._pending.pop(0)
         self._before = None
         self._pages = 0
+
+
+def readded_conversations(
+    updates: Sequence[tuple[str, Sequence[str]]],
+    me: str,
+    stored_members: Mapping[str, Sequence[str] | None],
+) -> list[str]:
+    """Conversations that a batch's ``conversation_updated`` events add ``me`` back to.
+
+    The stream never shows a user what was said while he was out of a conversation, but the
+    server's history does once he is back: such a conversation's history is read again (as a
+    resync reads it) so the store holds what the history shows.
+
+    Args:
+        updates: ``(conversation_id, members)`` of each ``conversation_updated``, in order.
+        me: the store's user.
+        stored_members: the members the store holds per conversation before the batch
+            (None: the conversation is not in the store: new to this user, nothing missed).
+    """
+    out: list[str] = []
+    members = dict(stored_members)
+    for cid, now in updates:
+        before = members.get(cid)
+        if me in now and before is not None and me not in before and cid not in out:
+            out.append(cid)
+        members[cid] = list(now)
+    return out

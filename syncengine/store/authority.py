@@ -18,7 +18,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["lowest_seqs", "remove_conversation", "replace_range"]
+from syncengine.store.apply import OTHER_SEND_SQL
+
+__all__ = ["lowest_seqs", "message_seq", "remove_conversation", "replace_range"]
 
 
 def _unsettled_targets(c: Any, cid: str) -> set[str]:
@@ -79,20 +81,22 @@ def _put_message(c: Any, m: Any, unsettled: set[str], edit_seq: int) -> None:
     created = m.ts_ms / 1000
     # An own send still echoed locally becomes this server copy (one row, G4).
     if m.op_id is not None:
-        c.execute(
-            "UPDATE messages SET id = ?, seq = ?, state = 'sent', created_at = ? "
-            "WHERE sender = ? AND op_id = ? AND id IS NULL",
-            (m.message_id, m.seq, created, m.sender, m.op_id),
-        )
-        c.execute(
-            "UPDATE outbox SET state = 'sent' WHERE op_id = ? AND kind = 'send' "
-            "AND state IN ('pending', 'sending')",
-            (m.op_id,),
-        )
-        # The same op id held by another row (a message the server forgot, or a copy at
+        other = c.execute(OTHER_SEND_SQL, (m.op_id, m.body)).fetchone() is not None
+        if not other:
+            c.execute(
+                "UPDATE messages SET id = ?, seq = ?, state = 'sent', created_at = ? "
+                "WHERE sender = ? AND op_id = ? AND id IS NULL",
+                (m.message_id, m.seq, created, m.sender, m.op_id),
+            )
+            c.execute(
+                "UPDATE outbox SET state = 'sent' WHERE op_id = ? AND kind = 'send' "
+                "AND state IN ('pending', 'sending')",
+                (m.op_id,),
+            )
+        # The same op id held by another server copy (a message the server forgot, at
         # another id) gives way to the server's.
         c.execute(
-            "DELETE FROM messages WHERE sender = ? AND op_id = ? AND (id IS NULL OR id != ?)",
+            "DELETE FROM messages WHERE sender = ? AND op_id = ? AND id IS NOT NULL AND id != ?",
             (m.sender, m.op_id, m.message_id),
         )
     c.execute(
@@ -138,6 +142,12 @@ def remove_conversation(c: Any, cid: str) -> None:
         c.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (cid,))
     c.execute("DELETE FROM conversations WHERE id = ?", (cid,))
     c.execute("DELETE FROM meta WHERE key = ?", (f"eoh:{cid}",))
+
+
+def message_seq(c: Any, message_id: str) -> int | None:
+    """The seq of a stored server message, or None."""
+    row = c.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def lowest_seqs(c: Any) -> dict[str, int]:

@@ -320,6 +320,10 @@ class Store:
         a re-fetched message): see :func:`syncengine.store.authority.replace_range`."""
         self._write(authority.replace_range, conversation_id, messages, **kw)
 
+    def message_seq(self, message_id: str) -> int | None:
+        """The seq of a stored server message (None: not stored)."""
+        return self._read(authority.message_seq, message_id)
+
     def remove_conversation(self, conversation_id: str) -> None:
         """Forget a conversation the user is no longer a member of, with its messages."""
         self._write(authority.remove_conversation, conversation_id)

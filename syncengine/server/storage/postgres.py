@@ -350,11 +350,12 @@ class PostgresTx(_Reads):
         )
 
     def op_record(self, user: str, device: str, op_id: str) -> OpRecord | None:
-        """The idempotency record of an operation, or None."""
+        """The idempotency record of an operation, or None (found by ``(user, op_id)``:
+        an op id identifies one operation of one user whatever the device)."""
         row = self.conn.execute(
-            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND device = %s"
-            " AND op_id = %s",
-            (user, device, op_id),
+            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND op_id = %s"
+            " LIMIT 1",
+            (user, op_id),
         ).fetchone()
         if row is None:
             return None
@@ -694,8 +695,8 @@ class PostgresStorage(_Reads):
     def op_result(self, user: str, device: str, op_id: str) -> dict[str, Any] | None:
         """The recorded result of an operation, or None if the server never saw it."""
         row = self._one(
-            "SELECT result FROM ops WHERE username = %s AND device = %s AND op_id = %s",
-            (user, device, op_id),
+            "SELECT result FROM ops WHERE username = %s AND op_id = %s LIMIT 1",
+            (user, op_id),
         )
         return None if row is None else orjson.loads(row[0])
 
