@@ -301,14 +301,17 @@ class Exchange:
         pulled = 0
         async with self._pull_lock:
             ahead: asyncio.Task[EventPage] | None = None
+            self._send_epoch(transport)
             while True:
                 try:
                     page = await (ahead or transport.pull(**core.pull_request()))
                 except CursorExpired:
                     ahead = None
                     await self._resync(transport)
+                    self._send_epoch(transport)
                     continue
                 ahead = None
+                self._keep_epoch(transport, page)
                 if (query := core.prefetch_request(page)) is not None:
                     ahead = loop.create_task(transport.pull(**query))
                 try:
@@ -322,6 +325,20 @@ class Exchange:
                 pulled += len(page.events)
                 if core.receive_page(page):  # no more: nothing was requested ahead
                     return pulled
+
+    def _send_epoch(self, transport: Transport) -> None:
+        """Pulls carry the epoch the store's cursor belongs to: the server refuses (410) a
+        cursor that does not continue its log, and the resync follows."""
+        if hasattr(transport, "epoch"):
+            transport.epoch = self.session.require_store().get_meta(EPOCH_META)
+
+    def _keep_epoch(self, transport: Transport, page: EventPage) -> None:
+        """A page the server served for the store's (epoch, cursor) continues its log: its
+        epoch becomes the store's (a restart of the server begins a new one)."""
+        if page.epoch and getattr(transport, "epoch", None) != page.epoch:
+            self.session.require_store().set_meta(**{EPOCH_META: page.epoch})
+            if hasattr(transport, "epoch"):
+                transport.epoch = page.epoch
 
     async def _apply_page(self, page: EventPage) -> None:
         cursor = self.session.core.page_cursor(page)

@@ -321,7 +321,12 @@ def decode_page(data: bytes | str, *, lenient: bool = True) -> EventPage:
         raise WireError("expected non-negative integer", field="page.next")
     if type(more) is not bool:
         raise WireError("expected boolean", field="page.has_more")
-    return EventPage(events=tuple(events), next=nxt, has_more=more, bad=tuple(bad))
+    epoch = obj.get("epoch")
+    if epoch is not None and (type(epoch) is not str or len(epoch) > 128):
+        raise WireError("expected string", field="page.epoch")
+    return EventPage(
+        events=tuple(events), next=nxt, has_more=more, bad=tuple(bad), epoch=epoch
+    )
 
 
 def decode_op_results(data: bytes | str) -> list[OpResult]:

@@ -227,8 +227,16 @@ class ServerService:
         """Apply a batch of operations in order, in one transaction; one result each."""
         return self.commit(lambda tx: [writes.apply_op(tx, user, device, raw) for raw in raw_ops])
 
-    def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
-        """The JSON texts of the events visible to ``user`` after ``since``."""
+    def pull(
+        self, user: str, since: int, limit: int, epoch: str | None = None
+    ) -> tuple[list[str], int, bool]:
+        """The JSON texts of the events visible to ``user`` after ``since``.
+
+        Raises:
+            CursorExpired: ``(epoch, since)`` does not continue this log (a restore), or the
+                cursor is out of the retained log.
+        """
+        rules.check_epoch(epoch, since, self.storage.epoch_chain)
         return self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
 
     def history(

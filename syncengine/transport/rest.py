@@ -159,6 +159,8 @@ class RestTransport:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._token: str | None = None
+        #: The server epoch the caller's cursor belongs to, sent with every pull (issue 12).
+        self.epoch: str | None = None
         # A 429's Retry-After holds for the whole client, not only the refused request.
         self._gate = RetryAfterGate()
         self._rules = _rules(self.base_url)
@@ -235,10 +237,15 @@ class RestTransport:
         )
 
     async def pull(self, since: int, limit: int) -> EventPage:
-        """``GET /v1/events?since=&limit=``: one page of events."""
-        return wire.decode_page(
-            await self._request("GET", "/v1/events", params={"since": since, "limit": limit})
-        )
+        """``GET /v1/events?since=&limit=&epoch=``: one page of events.
+
+        With :attr:`epoch` set (the server epoch the caller's cursor belongs to), the server
+        answers ``410`` when the cursor does not continue its log (a restored server).
+        """
+        params: dict[str, Any] = {"since": since, "limit": limit}
+        if self.epoch:
+            params["epoch"] = self.epoch
+        return wire.decode_page(await self._request("GET", "/v1/events", params=params))
 
     async def history(
         self, conversation_id: str, before: int | None, limit: int
