@@ -435,7 +435,7 @@ async def test_pull_pages_follow_next(api: Api) -> None:
     rest = await api.pull_all("bob", page["next"])
     assert [e["pos"] for e in rest] == [4, 5, 6, 7, 8]
     last = await api.pull("bob", 8)
-    assert last == {"events": [], "next": 8, "has_more": False}
+    assert last == {"events": [], "next": 8, "has_more": False, "epoch": api.state.epoch}
     decoded = wire.decode_page(
         (await api.client.get("/v1/events", params={"since": 0}, headers=api.auth("bob"))).content
     )
@@ -488,7 +488,7 @@ async def test_pull_next_skips_invisible_events(api: Api) -> None:
     for _ in range(5):
         await api.send("alice", cid)
     page = await api.pull("carol", 0)
-    assert page == {"events": [], "next": 6, "has_more": False}
+    assert page == {"events": [], "next": 6, "has_more": False, "epoch": api.state.epoch}
 
 
 async def test_pull_from_a_cursor_ahead_of_the_log_is_gone(api: Api) -> None:

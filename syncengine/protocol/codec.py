@@ -382,6 +382,8 @@ def encode_frame(frame: Any) -> dict[str, Any]:
     """A live control frame (``ReadyFrame``, ``AuthFrame``, …) with its ``type`` tag first."""
     out: dict[str, Any] = {"type": frame.type}
     out.update(converter.unstructure(frame))
+    if out.get("epoch", "") is None:
+        del out["epoch"]  # an optional key (issue 12): absent rather than null
     return out
 
 
