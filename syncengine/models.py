@@ -214,7 +214,7 @@ class SyncHealth:
         sending: outbox items pushed but not yet acknowledged.
         failed: outbox items the server refused permanently.
         oldest_pending_age_s: age of the oldest pending or sending item, in seconds.
-        cursor: the persisted stream position.
+        cursor: the persisted stream position (an opaque token on a Matrix homeserver).
         last_sync_at: when a catch-up last reached the end of the stream.
         open_gaps: conversations with a detected seq gap not yet filled.
         conversations: number of conversations stored.
@@ -226,7 +226,7 @@ class SyncHealth:
     sending: int
     failed: int
     oldest_pending_age_s: float | None
-    cursor: int
+    cursor: int | str
     last_sync_at: float | None
     open_gaps: int
     conversations: int

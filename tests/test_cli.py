@@ -155,7 +155,7 @@ def test_login_stores_the_account_and_a_private_token(tmp_path: Path, srv: Serve
             "--db", str(db), "--json", "login", srv.url, "carol", "--device", "lap", input="pw\n"
         )
     )
-    assert doc == {"server": srv.url, "user": "carol", "device": "lap"}
+    assert doc == {"server": srv.url, "user": "carol", "device": "lap", "protocol": "v1"}
     token = token_path(db)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     secret = json.loads(token.read_text())["token"]

@@ -20,7 +20,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 #: The JSON keys each command prints with --json: the product's interface.
 JSON_KEYS: dict[str, set[str]] = {
-    "login": {"server", "user", "device"},
+    "login": {"server", "user", "device", "protocol"},
     "logout": {"logged_out", "had_token"},
     "status": STATUS_KEYS | {"pending", "sending", "failed", "running", "pid"},
     "conversations": CONVERSATION_KEYS,

@@ -897,11 +897,11 @@ def test_opening_never_widens_a_mode_the_owner_narrowed(
 
 
 def test_migrations_are_recorded(store: Store, db_path: Path) -> None:
-    names = ["0001_initial", "0002_echo_beside_server_copy"]
+    names = ["0001_initial", "0002_opaque_cursor_event_ids", "0003_echo_beside_server_copy"]
     assert store.schema == list(SCHEMA_NAMES) == names
     with raw(db_path) as c:
         rows = c.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert rows == [("syncengine.store", n) for n in names]
+    assert rows == [("syncengine.store", name) for name in SCHEMA_NAMES]
 
 
 def test_reopening_applies_nothing_twice(db_path: Path) -> None:

@@ -19,6 +19,7 @@ from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
 from syncengine.core.resync import Resync, readded_conversations
+from syncengine.core.unordered import for_app
 from syncengine.errors import (
     CursorExpired,
     NotFound,
@@ -104,7 +105,7 @@ class Exchange:
         """Forward applied server events to the app, as the protocol filters them."""
         bus = self.session.bus
         for ev in self.session.core.receive_applied(events, listening=bus.listening):
-            bus.emit(ev)
+            bus.emit(for_app(ev))  # a Matrix Gap: a per-conversation Discontinuity
 
     # --- applying -----------------------------------------------------------------------
 

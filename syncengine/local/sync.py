@@ -51,7 +51,7 @@ class SyncOutcome:
     Attributes:
         pushed: operations pushed (None when the daemon did it).
         pulled: events pulled (None when the daemon did it).
-        cursor: the stream position reached.
+        cursor: the stream position reached (an opaque token on a Matrix homeserver).
         pending: operations still waiting to be pushed.
         failed: operations the server refused for good.
         daemon: True when the daemon synced and this process only waited.
@@ -59,7 +59,7 @@ class SyncOutcome:
 
     pushed: int | None
     pulled: int | None
-    cursor: int
+    cursor: int | str
     pending: int
     failed: int
     daemon: bool
@@ -119,13 +119,16 @@ async def sync_here(
         start = store.health()
         options = engine_options(store)
         server = store.get_meta("server") or ""
-    head = await server_head(server, options)
+    # A Matrix cursor is an opaque token: no head to measure the backlog against.
+    ordered = isinstance(start.cursor, int)
+    head = await server_head(server, options) if ordered else None
     # Measured in stream positions: the backlog up to the head, plus about one event per
     # operation pushed (each becomes an event that the catch-up pulls back).
-    total = max(1, head - start.cursor + start.pending) if head is not None else None
+    total = max(1, head - int(start.cursor) + start.pending) if head is not None else None
 
     def report(store: Store) -> None:
-        done = max(0, store.cursor() - start.cursor)
+        now, then = store.cursor(), start.cursor
+        done = max(0, now - then) if isinstance(now, int) and isinstance(then, int) else 0
         if progress is not None:
             done = min(done, total) if total is not None else done
             progress(SyncProgress(to_push=start.pending, total=total, done=done))

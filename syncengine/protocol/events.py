@@ -270,19 +270,27 @@ class ConnectionStateChanged(EngineEvent):
 
 @attrs.frozen(kw_only=True)
 class Discontinuity(EngineEvent):
-    """The cursor had expired on the server; the store was resynced from ``new_cursor``."""
+    """The cursor had expired on the server; the store was resynced from ``new_cursor``.
 
-    old_cursor: int
-    new_cursor: int
+    With ``conversation_id`` (Matrix) only that conversation has a hole: the transport could
+    not fill a gap in its history (the cursors are then opaque tokens).
+    """
+
+    old_cursor: int | str | None
+    new_cursor: int | str | None
+    conversation_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class SyncCompleted(EngineEvent):
-    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events."""
+    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events.
+
+    ``cursor`` is an int in protocol v1 and an opaque token on a Matrix homeserver.
+    """
 
     pushed: int
     pulled: int
-    cursor: int
+    cursor: int | str
 
 
 Event = ServerEvent | EngineEvent

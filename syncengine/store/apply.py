@@ -38,6 +38,7 @@ from syncengine.events import (
 from syncengine.models import PresenceStatus
 from syncengine.store.outbox import ECHO_SOURCES_SQL
 from syncengine.store.queries import STREAM, read_cursor
+from syncengine.store.unordered import set_token
 
 __all__ = ["ApplyResult"]
 
@@ -56,7 +57,7 @@ class ApplyResult:
     def __init__(self) -> None:
         self.applied = 0
         self.unknown = 0
-        self.cursor = 0
+        self.cursor: int | str = 0
         self.confirmed_ops: list[str] = []
 
 
@@ -128,7 +129,7 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
 
 
 def write_page(
-    c: Any, page: SortedPage, now: float, *, cursor: int | None, synced: bool
+    c: Any, page: SortedPage, now: float, *, cursor: int | str | None, synced: bool
 ) -> ApplyResult:
     """Write a sorted page, the cursor and ``last_sync_at`` (all in the caller's transaction)."""
     _write_messages(c, page, now)
@@ -262,8 +263,11 @@ def quarantine(c: Any, raw: str, error: str, pos: int | None, now: float) -> Non
     )
 
 
-def set_cursor(c: Any, pos: int, now: float, *, force: bool = False) -> None:
+def set_cursor(c: Any, pos: int | str, now: float, *, force: bool = False) -> None:
     """Move the cursor to ``pos``: only forward unless ``force`` (a resync)."""
+    if isinstance(pos, str):  # an opaque token (Matrix): its own column, no order to guard
+        set_token(c, pos, now)
+        return
     guard = "" if force else " WHERE excluded.pos > cursors.pos"
     c.execute(
         "INSERT INTO cursors(stream, pos, updated_at) VALUES (?, ?, ?) "

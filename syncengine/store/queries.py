@@ -71,10 +71,13 @@ def get_meta(c: Any, key: str) -> str | None:
     return row[0] if row else None
 
 
-def read_cursor(c: Any) -> int:
+def read_cursor(c: Any) -> int | str:
     """The persisted stream position (0 before the first pull)."""
-    row = c.execute("SELECT pos FROM cursors WHERE stream = ?", (STREAM,)).fetchone()
-    return int(row[0]) if row else 0
+    row = c.execute("SELECT pos, token FROM cursors WHERE stream = ?", (STREAM,)).fetchone()
+    if row is None:
+        return 0
+    # An opaque token (Matrix) lives in its own TEXT column (migration 0002).
+    return str(row[1]) if row[1] is not None else int(row[0])
 
 
 def conversations(c: Any, me: str) -> list[Conversation]:

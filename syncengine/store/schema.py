@@ -122,7 +122,26 @@ def _initial(db: Database) -> None:
     )
 
 
-@MIGRATIONS(name="0002_echo_beside_server_copy")
+@MIGRATIONS(name="0002_opaque_cursor_event_ids")
+def _opaque_cursor(db: Database) -> None:
+    # A protocol whose cursor is an opaque token (Matrix) keeps it in a TEXT column: in the
+    # INTEGER ``pos`` column SQLite's affinity would turn an all-digit token into a number.
+    # ``event_seqs`` maps a server event id to the order key this store gave it (Matrix
+    # events carry no seq): receipts and relations name events by id.
+    db.executescript(
+        """
+        ALTER TABLE cursors ADD COLUMN token TEXT;
+        CREATE TABLE event_seqs (
+            event_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        );
+        CREATE INDEX event_seqs_conv_seq ON event_seqs(conversation_id, seq);
+        """
+    )
+
+
+@MIGRATIONS(name="0003_echo_beside_server_copy")
 def _echo_beside_server_copy(db: Database) -> None:
     # An op id names one operation of one user, whatever the device (issue 12). A device's
     # local echo whose op id another device of the user already used for another message is

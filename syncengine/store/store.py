@@ -34,7 +34,7 @@ from syncengine.models import (
     Typing,
 )
 from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
-from syncengine.store import apply, authority, outbox, queries
+from syncengine.store import apply, authority, outbox, queries, unordered
 from syncengine.store.apply import ApplyResult
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
@@ -275,11 +275,11 @@ class Store:
 
     # --- applying what the server says (apply.py) ---------------------------------------------
 
-    def cursor(self) -> int:
+    def cursor(self) -> int | str:
         """The persisted stream position: every event up to it is stored."""
         return self._read(queries.read_cursor)
 
-    def reset_cursor(self, pos: int) -> None:
+    def reset_cursor(self, pos: int | str) -> None:
         """Set the cursor to ``pos``, even backwards (only a resync does this)."""
         self._write(apply.set_cursor, pos, self._clock(), force=True)
 
@@ -287,16 +287,21 @@ class Store:
         self,
         events: Sequence[ServerEvent],
         *,
-        cursor: int | None = None,
+        cursor: int | str | None = None,
         synced: bool = False,
+        backward: bool = False,
     ) -> ApplyResult:
         """Apply durable server events, and advance the cursor, in one transaction.
 
         Events may repeat or come in any order; the resulting state is the same (G4). With
         ``cursor`` the stream position moves to it (never backwards) in the same transaction
         (G3). ``synced`` records ``last_sync_at`` too (the catch-up reached the end).
+        Events without a seq (Matrix) get one from the store (``store/unordered.py``), in
+        delivery order, or counting down with ``backward`` (history paged back).
         Non-durable events in ``events`` are ignored here (see :meth:`apply_ephemeral`).
         """
+        if unordered.needs_numbering(events):
+            return self._write(_apply_numbered, events, self, cursor, synced, backward)
         page = apply.sort_events(events, self.user)
         return self._write(apply.write_page, page, self._clock(), cursor=cursor, synced=synced)
 
@@ -312,7 +317,7 @@ class Store:
         """Store history messages (``wire.HistoryMessage``) from back-pagination or a resync:
         the merge rules of :meth:`apply_events`, the cursor unmoved. Returns how many were given.
         """
-        self.apply_events(apply.history_events(messages))
+        self.apply_events(apply.history_events(messages), backward=True)
         return len(messages)
 
     def replace_range(self, conversation_id: str, messages: Sequence[Any], **kw: Any) -> None:
@@ -428,6 +433,14 @@ class Store:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
         return self._read(queries.message_by_op, self.user, op_id)
 
+    def event_id_at(self, conversation_id: str, seq: int) -> str | None:
+        """The server id of the newest named event at or below ``seq`` (Matrix receipts)."""
+        return self._read(unordered.event_id_at, conversation_id, seq)
+
+    def message_event_id(self, op_id: str) -> str | None:
+        """The server id of this user's message sent with ``op_id`` (None: not yet known)."""
+        return self._read(unordered.message_event_id, self.user, op_id)
+
     def message_count(self, conversation_id: str | None = None) -> int:
         """How many messages are stored (in one conversation, or in all)."""
         return self._read(queries.message_count, conversation_id)
@@ -454,3 +467,12 @@ class Store:
         """
         now = self._clock()
         return self._read(queries.health, now, open_gaps)
+
+
+def _apply_numbered(
+    c: Any, events: Sequence[ServerEvent], store: Store, cursor: Any, synced: bool, backward: bool
+) -> ApplyResult:
+    """Number events that have no seq, then apply them, in the one write transaction."""
+    numbered = unordered.number_events(c, events, backward=backward)
+    page = apply.sort_events(numbered, store.user)
+    return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)

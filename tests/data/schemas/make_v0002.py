@@ -1,6 +1,8 @@
-"""Make tests/data/schemas/v0002.db: a database of schema 0002_echo_beside_server_copy with a little of
-everything in it (server messages, an edit, a delete, read receipts, a pending, a failed and
-a sent operation, a conversation pending creation, presence, a quarantined event).
+"""Make tests/data/schemas/v0002.db: a database of schema 0002_opaque_cursor_event_ids with a
+little of everything in it (server messages, an edit, a delete, read receipts, a pending, a
+failed and a sent operation, a conversation pending creation, presence, a quarantined event),
+and a conversation whose events came without seq (Matrix: numbered by the store,
+``event_seqs``).
 
 Run it once, from the repository root, with the code of that schema (it refuses to overwrite):
 
@@ -131,6 +133,21 @@ def main() -> None:
     s.apply_presence("bob", "away", ts_ms=MS + 9000, last_seen_ms=MS + 500)
     s.quarantine('{"type": "message_received", "pos": 7}', "poison", pos=7)
     s.set_history_complete(C)
+    s.apply_events(
+        [
+            MessageReceived(
+                pos=None,
+                conversation_id="!matrix-room",
+                seq=None,
+                ts_ms=MS + 10000 + i,
+                message_id=f"$event-{i}",
+                event_id=f"$event-{i}",
+                sender="@bob:localhost",
+                body=f"matrix {i}",
+            )
+            for i in range(3)
+        ]
+    )
     s.checkpoint()
     s.close()
     print(f"wrote {path}")
