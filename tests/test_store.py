@@ -36,6 +36,7 @@ from syncengine.models import (
 from syncengine.store import MAX_BODY_CHARS, Store, move_aside
 from syncengine.store import apply as store_apply
 from syncengine.store.outbox import SENDING_LEASE_S
+from syncengine.store import authority
 from syncengine.store.schema import SCHEMA_NAMES
 from syncengine.wire import HistoryMessage, OpResult
 from tests.helpers_store import (
@@ -1162,7 +1163,8 @@ def test_a_server_range_replaces_the_stored_one(store: Store) -> None:
     )
     # The server: m2 edited again (its edit seq unknown to the copy), m4 deleted, seq 5
     # reused by another message (the old one was forgotten by a restored server).
-    store.replace_range(
+    store.authoritative(
+        authority.replace_range,
         CID,
         [_hist(2, "edit 2", edited=True), _hist(4, "", deleted=True), _hist(5, "new", mid="n5")],
         low=2,
@@ -1180,7 +1182,7 @@ def test_a_server_range_replaces_the_stored_one(store: Store) -> None:
 def test_a_server_range_keeps_an_unacknowledged_local_edit(store: Store) -> None:
     store.apply_events([conv_updated(CID, 1, 1), received(CID, 2, 2)])
     store.enqueue(OpKind.EDIT, CID, {"message_id": f"{CID}-m2", "body": "mine, pending"})
-    store.replace_range(CID, [_hist(2, f"body {CID}/2")], low=2, high=2)
+    store.authoritative(authority.replace_range, CID, [_hist(2, f"body {CID}/2")], low=2, high=2)
     assert _view(store) == [(f"{CID}-m2", 2, "mine, pending", False)]
 
 

@@ -20,6 +20,7 @@ from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
 from syncengine.core.resync import Resync, readded_conversations
 from syncengine.core.unordered import for_app
+from syncengine.store import authority
 from syncengine.errors import (
     CursorExpired,
     NotFound,
@@ -274,9 +275,12 @@ class Exchange:
         """Re-fetch each message a rejected edit or delete changed locally and store the
         server's copy in its place (a failure leaves it for the next resync)."""
         store = self.session.require_store()
+        if not hasattr(transport, "epoch"):
+            self._repair.clear()  # only protocol v1 numbers messages: a seq names one
+            return
         while self._repair:
             cid, mid = self._repair.pop(0)
-            seq = store.message_seq(mid)
+            seq = store.authoritative(authority.message_seq, mid)
             if seq is None:
                 continue
             try:
@@ -285,7 +289,7 @@ class Exchange:
                 log.info("re-fetching message %s failed: %s", mid, exc)
                 continue
             mine = [m for m in page.messages if m.seq == seq]
-            store.replace_range(cid, mine, low=seq, high=seq)
+            store.authoritative(authority.replace_range, cid, mine, low=seq, high=seq)
 
     # --- pull ---------------------------------------------------------------------------
 
@@ -389,10 +393,13 @@ class Exchange:
                 raise
             gone = plan.receive_gone()
             log.info("conversation %s is gone (%s): removed", gone.conversation_id, exc.code)
-            store.remove_conversation(gone.conversation_id)
+            store.authoritative(authority.remove_conversation, gone.conversation_id)
             return
         w = plan.receive_history(page)
-        store.replace_range(
+        if any(m.seq is None for m in w.messages):  # unnumbered (Matrix): merged as history
+            store.apply_history(w.messages)
+        store.authoritative(
+            authority.replace_range,
             w.conversation_id,
             w.messages,
             low=w.low,

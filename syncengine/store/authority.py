@@ -49,7 +49,13 @@ def replace_range(
     drop_below: int | None = None,
 ) -> None:
     """Make seqs ``low..high`` (``high`` None: everything above ``low``) of ``cid`` equal
-    ``messages`` (``wire.HistoryMessage``, the server's current state of that range)."""
+    ``messages`` (``wire.HistoryMessage``, the server's current state of that range).
+
+    Messages without a seq (a Matrix transport numbers nothing) cannot name a range: they
+    are merged as history instead (:func:`syncengine.store.apply.history_events`).
+    """
+    if any(m.seq is None for m in messages):
+        return
     ids = [m.message_id for m in messages]
     span = "seq >= ?" + ("" if high is None else " AND seq <= ?")
     args: list[Any] = [cid, low] + ([] if high is None else [high])
