@@ -66,7 +66,13 @@ async def test_ready_announces_the_head_and_only_later_events_follow(api: Api) -
     await api.send("alice", cid, "before")
     async with asyncio.timeout(10):
         ws, ready = await live(_url(api), api.tokens["bob"])
-        assert ready == {"type": "ready", "user": "bob", "device": "dev", "head": 2}
+        assert ready == {
+            "type": "ready",
+            "user": "bob",
+            "device": "dev",
+            "head": 2,
+            "epoch": api.state.epoch,
+        }
         await api.send("alice", cid, "after")
         (event,) = await _durable(ws, 1)
         assert (event["pos"], event["seq"], event["body"]) == (3, 3, "after")

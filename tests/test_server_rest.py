@@ -291,27 +291,29 @@ async def test_only_the_sender_may_edit_or_delete(api: Api) -> None:
     assert [(r["code"], r["status_code"]) for r in results] == [("forbidden", 403)] * 2
 
 
-async def test_target_op_id_is_scoped_to_the_same_device(api: Api) -> None:
+async def test_target_op_id_is_scoped_to_the_user(api: Api) -> None:
+    # Issue 12: op ids are the user's, whatever the device: alice's phone may name the send
+    # of her laptop by its op id; bob may not (it is not his operation).
     await api.login("alice", device="phone")
+    await api.login("bob", device="phone")
     cid = await api.create("alice", ["bob"])
     send_id = new_id()
     await api.send("alice", cid, op_id=send_id)
-    response = await api.client.post(
-        "/v1/ops",
-        json={
-            "ops": [
-                {
-                    "op_id": new_id(),
-                    "kind": "edit",
-                    "conversation_id": cid,
-                    "target_op_id": send_id,
-                    "body": "x",
-                }
-            ]
-        },
-        headers=api.auth("alice/phone"),
-    )
-    assert response.json()["results"][0]["code"] == "not_found"
+
+    async def edit(who: str) -> dict[str, Any]:
+        op = {
+            "op_id": new_id(),
+            "kind": "edit",
+            "conversation_id": cid,
+            "target_op_id": send_id,
+            "body": "x",
+        }
+        r = await api.client.post("/v1/ops", json={"ops": [op]}, headers=api.auth(who))
+        return dict(r.json()["results"][0])
+
+    assert (await edit("bob/phone"))["code"] == "not_found"
+    assert (await edit("alice/phone"))["status"] == "applied"
+    assert [m["body"] for m in api.state.all_messages(cid)] == ["x"]
 
 
 async def test_create_conversation_op(api: Api) -> None:
@@ -341,13 +343,14 @@ async def test_replay_returns_the_original_result(api: Api) -> None:
     assert second == {**first, "status": "duplicate"}
     (conflict,) = await api.ops("alice", {**op, "body": "twice"})
     assert conflict["status"] == "rejected"
-    assert (conflict["code"], conflict["status_code"]) == ("op_id_conflict", 422)
+    assert (conflict["code"], conflict["status_code"]) == ("op_id_conflict", 409)
     assert len(api.state.all_messages(cid)) == 1
-    # The same op id from another device is another operation.
+    # Issue 12: an op id names one operation of one user, whatever the device: the same op
+    # from another device of alice is the same operation (a duplicate), never a second one.
     await api.login("alice", device="phone")
     other = await api.client.post("/v1/ops", json={"ops": [op]}, headers=api.auth("alice/phone"))
-    assert other.json()["results"][0]["status"] == "applied"
-    assert len(api.state.all_messages(cid)) == 2
+    assert other.json()["results"][0] == {**first, "status": "duplicate"}
+    assert len(api.state.all_messages(cid)) == 1
 
 
 async def test_rejections_are_recorded_and_replayed(api: Api) -> None:
@@ -432,7 +435,7 @@ async def test_pull_pages_follow_next(api: Api) -> None:
     rest = await api.pull_all("bob", page["next"])
     assert [e["pos"] for e in rest] == [4, 5, 6, 7, 8]
     last = await api.pull("bob", 8)
-    assert last == {"events": [], "next": 8, "has_more": False}
+    assert last == {"events": [], "next": 8, "has_more": False, "epoch": api.state.epoch}
     decoded = wire.decode_page(
         (await api.client.get("/v1/events", params={"since": 0}, headers=api.auth("bob"))).content
     )
@@ -485,7 +488,7 @@ async def test_pull_next_skips_invisible_events(api: Api) -> None:
     for _ in range(5):
         await api.send("alice", cid)
     page = await api.pull("carol", 0)
-    assert page == {"events": [], "next": 6, "has_more": False}
+    assert page == {"events": [], "next": 6, "has_more": False, "epoch": api.state.epoch}
 
 
 async def test_pull_from_a_cursor_ahead_of_the_log_is_gone(api: Api) -> None:

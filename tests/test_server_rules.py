@@ -100,8 +100,33 @@ def test_a_replay_returns_the_original_result() -> None:
     assert (conflict.status, conflict.code, conflict.status_code) == (
         "rejected",
         "op_id_conflict",
-        422,
+        409,
     )
+
+
+def test_epoch_chain_is_read_in_order_from_meta() -> None:
+    meta = {
+        rules.epoch_key(1, "b"): 5,
+        "oldest_pos": 1,
+        rules.epoch_key(0, "a"): 0,
+        rules.epoch_key(2, "c"): 5,
+    }
+    assert rules.epoch_chain(meta) == [("a", 0), ("b", 5), ("c", 5)]
+
+
+def test_a_cursor_continues_the_log_only_within_an_epoch_it_went_through() -> None:
+    # The log began as "a"; the server restarted at head 5 ("b"), then at head 9 ("c").
+    chain = [("a", 0), ("b", 5), ("c", 9)]
+    rules.check_epoch("a", 5, chain)  # saw all of "a": continues
+    rules.check_epoch("b", 9, chain)
+    rules.check_epoch("c", 40, chain)  # the current epoch: the head check is check_cursor's
+    rules.check_epoch(None, 3, chain)  # a client that knows no epoch yet is not checked
+    rules.check_epoch("", 3, chain)
+    rules.check_epoch("x", 3, [])  # a log without epochs checks nothing
+    with pytest.raises(errors.CursorExpired):
+        rules.check_epoch("a", 6, chain)  # "a" went on past 5 elsewhere: a restored copy
+    with pytest.raises(errors.CursorExpired):
+        rules.check_epoch("z", 1, chain)  # an epoch this log never had (a backup's clients)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +174,9 @@ def test_query_integers() -> None:
 
 
 def test_one_table_maps_every_code_to_its_status() -> None:
-    assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["invalid"] == 422
+    # Issue 12: an op id reused with another payload is a conflict (409), not a schema error.
+    assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["conflict"] == 409
+    assert errors.ERROR_STATUS["invalid"] == 422
     assert errors.RateLimited("slow down", retry_after_ms=5).status == 429
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)
 

@@ -409,7 +409,25 @@ def test_operation_records_replay(store: ServerStorage) -> None:
         "pos": 2,
         "ts_ms": first.ts_ms,
     }
-    assert store.op_result("alice", "other-device", "o1") is None
+    # An op id names one operation of one user whatever the device (issue 12).
+    assert store.op_result("alice", "other-device", "o1") == store.op_result("alice", "d", "o1")
+
+
+def test_op_ids_are_deduplicated_per_user_whatever_the_device(store: ServerStorage) -> None:
+    cid = create(store, "alice", ("alice", "bob"))
+    op = {"op_id": "o1", "kind": "send", "conversation_id": cid, "body": "hi"}
+    with store.write() as tx:
+        first = writes.apply_op(tx, "alice", "laptop", op)
+        again = writes.apply_op(tx, "alice", "phone", op)
+        other = writes.apply_op(tx, "alice", "phone", {**op, "body": "from the phone"})
+        bobs = writes.apply_op(tx, "bob", "phone", {**op, "body": "bob's own"})
+    assert first.status == "applied" and bobs.status == "applied"
+    assert (again.status, again.message_id) == ("duplicate", first.message_id)
+    assert (other.status, other.code, other.status_code) == ("rejected", "op_id_conflict", 409)
+    assert [(m["sender"], m["body"]) for m in store.all_messages(cid)] == [
+        ("alice", "hi"),
+        ("bob", "bob's own"),
+    ]
 
 
 def test_a_rejection_is_recorded_without_its_effect(store: ServerStorage) -> None:

@@ -33,7 +33,7 @@ from syncengine.models import (
     OutboxState,
     PresenceStatus,
 )
-from syncengine.store import MAX_BODY_CHARS, Store, move_aside
+from syncengine.store import MAX_BODY_CHARS, Store, authority, move_aside
 from syncengine.store import apply as store_apply
 from syncengine.store.outbox import SENDING_LEASE_S
 from syncengine.store.schema import SCHEMA_NAMES
@@ -897,7 +897,13 @@ def test_opening_never_widens_a_mode_the_owner_narrowed(
 
 
 def test_migrations_are_recorded(store: Store, db_path: Path) -> None:
-    names = ["0001_initial", "0002_opaque_cursor_event_ids", "0003_replies", "0004_reactions"]
+    names = [
+        "0001_initial",
+        "0002_opaque_cursor_event_ids",
+        "0003_replies",
+        "0004_reactions",
+        "0005_echo_beside_server_copy",
+    ]
     assert store.schema == list(SCHEMA_NAMES) == names
     with raw(db_path) as c:
         rows = c.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
@@ -1127,3 +1133,73 @@ def test_resync_snapshot_older_than_a_stored_update_does_not_undo_it(store: Stor
     # replaying the newer event (the pull from the snapshot's head) keeps it so
     store.apply_events([conv_updated(CID, 10, 10, members=(ME, "bob", "carol"), title="newer")])
     assert store.conversation(CID).title == "newer"
+
+
+# --- the server's copy taking over (issue 12) --------------------------------------------
+
+
+def _hist(seq: int, body: str, *, edited: bool = False, deleted: bool = False, **kw: Any) -> Any:
+    return HistoryMessage(
+        message_id=kw.pop("mid", f"{CID}-m{seq}"),
+        conversation_id=CID,
+        seq=seq,
+        sender=kw.pop("sender", "bob"),
+        body="" if deleted else body,
+        ts_ms=1_000 * seq,
+        edited_ms=9_000 if edited else None,
+        deleted=deleted,
+        **kw,
+    )
+
+
+def _view(store: Store) -> list[tuple[Any, ...]]:
+    return [(m.id, m.seq, m.body, m.deleted) for m in store.messages(CID, limit=100)]
+
+
+def test_a_server_range_replaces_the_stored_one(store: Store) -> None:
+    store.apply_events(
+        [
+            conv_updated(CID, 1, 1),
+            received(CID, 2, 2),
+            updated(CID, 3, 3, f"{CID}-m2", "edit 1"),
+            received(CID, 4, 4),
+            received(CID, 5, 5, mid="forgotten"),
+        ]
+    )
+    # The server: m2 edited again (its edit seq unknown to the copy), m4 deleted, seq 5
+    # reused by another message (the old one was forgotten by a restored server).
+    store.authoritative(
+        authority.replace_range,
+        CID,
+        [_hist(2, "edit 2", edited=True), _hist(4, "", deleted=True), _hist(5, "new", mid="n5")],
+        low=2,
+        high=None,
+        last_seq=5,
+    )
+    assert _view(store) == [
+        (f"{CID}-m2", 2, "edit 2", False),
+        (f"{CID}-m4", 4, "", True),
+        ("n5", 5, "new", False),
+    ]
+    assert store.conversation(CID).last_seq == 5
+
+
+def test_a_server_range_keeps_an_unacknowledged_local_edit(store: Store) -> None:
+    store.apply_events([conv_updated(CID, 1, 1), received(CID, 2, 2)])
+    store.enqueue(OpKind.EDIT, CID, {"message_id": f"{CID}-m2", "body": "mine, pending"})
+    store.authoritative(authority.replace_range, CID, [_hist(2, f"body {CID}/2")], low=2, high=2)
+    assert _view(store) == [(f"{CID}-m2", 2, "mine, pending", False)]
+
+
+def test_an_echo_stays_beside_another_devices_message_with_its_op_id(store: Store) -> None:
+    store.apply_events([conv_updated(CID, 1, 1)])
+    item, _ = store.enqueue(OpKind.SEND, CID, {"body": "from this device"})
+    # Another device of the same user used the op id for another message first.
+    other = received(CID, 2, 2, mid="other", sender=ME, op_id=item.op_id, body="from the other")
+    store.apply_events([other], cursor=2)
+    rows = [(m.id, m.body, m.state) for m in store.messages(CID, limit=10)]
+    assert rows == [
+        ("other", "from the other", MessageState.SENT),
+        (None, "from this device", MessageState.PENDING),
+    ]
+    assert store.outbox_item(item.op_id).state is OutboxState.PENDING

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 import itertools
 from typing import Any
 
@@ -403,26 +405,74 @@ def hmsg(seq: int, cid: str) -> HistoryMessage:
     )
 
 
-def test_the_resync_plan_reads_every_history_back_to_its_start() -> None:
+def test_the_resync_plan_revalidates_down_to_the_lowest_stored_seq() -> None:
     p = SyncProtocol(cursor=3)
-    plan = p.start_resync()
+    plan = p.start_resync("e2")
     assert plan.next_request() == ConversationsSnapshot()
-    plan.receive_snapshot([{"id": "a"}, {"id": "b"}], head=90)
+    plan.receive_snapshot(
+        [{"id": "a", "last_seq": 7}, {"id": "b"}, {"id": "c"}], head=90, lowest_stored={"a": 4}
+    )
     assert plan.next_request() == HistoryRequest("a", None, RESYNC_HISTORY_PAGE)
     w = plan.receive_history(
         HistoryPageWire(messages=(hmsg(5, "a"), hmsg(6, "a")), end_of_history=False)
     )
+    # The newest page owns everything above its lowest seq: what the server lacks goes.
     assert (w.conversation_id, len(w.messages), w.complete) == ("a", 2, False)
+    assert (w.low, w.high, w.last_seq, w.drop_below) == (5, None, 7, None)
     assert plan.next_request() == HistoryRequest("a", 5, RESYNC_HISTORY_PAGE)
-    w = plan.receive_history(HistoryPageWire(messages=(hmsg(4, "a"),), end_of_history=True))
-    assert w.complete
+    w = plan.receive_history(HistoryPageWire(messages=(hmsg(4, "a"),), end_of_history=False))
+    assert (w.low, w.high, w.complete) == (4, 4, False)  # down to the store's lowest: done
+    # b holds nothing in the store: its newest page only; older history comes on demand.
     assert plan.next_request() == HistoryRequest("b", None, RESYNC_HISTORY_PAGE)
+    w = plan.receive_history(HistoryPageWire(messages=(hmsg(9, "b"),), end_of_history=False))
+    assert (w.low, w.high, w.complete) == (9, None, False)
+    assert plan.next_request() == HistoryRequest("c", None, RESYNC_HISTORY_PAGE)
     w = plan.receive_history(HistoryPageWire(messages=(), end_of_history=False))
-    assert w.complete  # an empty page ends it too: never loop on a silent server
+    assert w.complete and w.low == 0  # an empty page ends it too: never loop on a silent server
     assert plan.next_request() is None
-    assert plan.new_cursor() == 90
+    assert plan.new_cursor() == 90 and plan.epoch == "e2"
     assert p.resynced(90, {"a": 6}) == Discontinuity(old_cursor=3, new_cursor=90)
     assert p.cursor == 90 and p.known_seq == {"a": 6} and p.gaps == set()
+
+
+def test_the_resync_plan_is_bounded_per_conversation() -> None:
+    from syncengine.core.resync import MAX_PAGES_PER_CONVERSATION
+
+    plan = SyncProtocol(cursor=3).start_resync()
+    plan.next_request()
+    plan.receive_snapshot([{"id": "a"}], head=9, lowest_stored={"a": 1})
+    seq = 100_000
+    for _ in range(MAX_PAGES_PER_CONVERSATION - 1):
+        w = plan.receive_history(HistoryPageWire(messages=(hmsg(seq, "a"),), end_of_history=False))
+        assert w.drop_below is None
+        seq -= 1
+    w = plan.receive_history(HistoryPageWire(messages=(hmsg(seq, "a"),), end_of_history=False))
+    assert w.drop_below == seq  # the rest is fetched again on demand
+    assert plan.next_request() is None
+
+
+def test_the_resync_plan_continues_from_its_state_after_a_429_or_a_restart() -> None:
+    from syncengine.core.resync import Resync
+
+    plan = SyncProtocol(cursor=3).start_resync("e")
+    plan.next_request()
+    plan.receive_snapshot([{"id": "a"}, {"id": "b"}], head=50, lowest_stored={"a": 1})
+    plan.receive_history(HistoryPageWire(messages=(hmsg(40, "a"),), end_of_history=False))
+    again = Resync.restore(orjson.loads(orjson.dumps(plan.state())))
+    assert again.next_request() == HistoryRequest("a", 40, RESYNC_HISTORY_PAGE)
+    assert (again.new_cursor(), again.epoch, again.old_cursor) == (50, "e", 3)
+    # A plan saved before its snapshot arrived asks for the snapshot again.
+    fresh = Resync.restore(Resync(7).state())
+    assert fresh.next_request() == ConversationsSnapshot()
+
+
+def test_a_conversation_gone_during_the_resync_is_removed_and_the_plan_goes_on() -> None:
+    plan = SyncProtocol(cursor=3).start_resync()
+    plan.next_request()
+    plan.receive_snapshot([{"id": "a"}, {"id": "b"}], head=50)
+    gone = plan.receive_gone()
+    assert gone.conversation_id == "a"
+    assert plan.next_request() == HistoryRequest("b", None, RESYNC_HISTORY_PAGE)
 
 
 # --- history back-fill ------------------------------------------------------------------------
@@ -526,3 +576,24 @@ def test_a_stale_presence_is_fetched_after_the_catch_up_of_the_same_tick() -> No
     p.receive_applied([conv(2)], listening=False)
     p.receive_live_batch([msg(5, 4)])  # a gap too
     assert p.tick(NOW) == [CatchUp(), PresenceSnapshot()]
+
+
+def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
+    from syncengine.core.resync import readded_conversations
+
+    stored: dict[str, tuple[str, ...] | None] = {
+        "out": ("alice",),  # bob was removed: the store keeps the conversation without him
+        "in": ("alice", "bob"),
+        "new": None,  # not in the store: a new conversation, nothing was missed
+    }
+    updates = [
+        ("out", ("alice", "bob")),
+        ("in", ("alice", "bob", "carol")),
+        ("new", ("alice", "bob")),
+        ("out", ("alice", "bob", "dave")),
+    ]
+    assert readded_conversations(updates, "bob", stored) == ["out"]
+    # Removed and added back within one batch counts too.
+    both = [("in", ("alice",)), ("in", ("alice", "bob"))]
+    assert readded_conversations(both, "bob", stored) == ["in"]
+    assert readded_conversations([], "bob", stored) == []

@@ -18,9 +18,11 @@ import orjson
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
+from syncengine.core.resync import Resync, readded_conversations
 from syncengine.core.unordered import for_app
 from syncengine.errors import (
     CursorExpired,
+    NotFound,
     Rejected,
     StoreCorrupt,
     StoreError,
@@ -29,8 +31,9 @@ from syncengine.errors import (
     TransportError,
     WireError,
 )
-from syncengine.events import MessageFailed, MessageSent, ServerEvent
+from syncengine.events import ConversationUpdated, MessageFailed, MessageSent, ServerEvent
 from syncengine.models import HistoryPage, OpKind, OutboxItem
+from syncengine.store import authority
 from syncengine.transport.base import Transport
 from syncengine.wire import EventPage
 
@@ -40,7 +43,12 @@ if TYPE_CHECKING:
     from syncengine.core.sync import SyncProtocol
     from syncengine.store import Store
 
-__all__ = ["Exchange", "known_seqs"]
+__all__ = ["EPOCH_META", "RESYNC_META", "Exchange", "known_seqs"]
+
+#: The store's ``meta`` key of an unfinished resync's plan (JSON), to continue it.
+RESYNC_META = "resync_plan"
+#: The store's ``meta`` key of the server epoch the store is in step with.
+EPOCH_META = "server_epoch"
 
 log = logging.getLogger("syncengine.engine")
 
@@ -48,6 +56,20 @@ log = logging.getLogger("syncengine.engine")
 # GIL while SQLite works and a commit mostly waits for the disk, so receiving and decoding go
 # on meanwhile. Smaller ones are committed on the loop (a thread hop costs ~50 µs).
 _THREAD_APPLY_MIN = 64
+
+
+def _present(seqs: dict[str, int | None]) -> dict[str, int]:
+    return {k: v for k, v in seqs.items() if v is not None}
+
+
+def _stored_members(store: Store, cid: str) -> tuple[str, ...] | None:
+    """The members the store holds (() when the user is no longer one; None: unknown)."""
+    if not store.has_conversation(cid):
+        return None
+    try:
+        return store.conversation(cid).members
+    except NotFound:
+        return ()
 
 
 def known_seqs(store: Store) -> dict[str, int]:
@@ -75,6 +97,8 @@ class Exchange:
         self.session = session
         self._push_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
+        # (conversation, message) changed locally by an edit or delete the server refused.
+        self._repair: list[tuple[str, str]] = []
 
     # --- emitting -----------------------------------------------------------------------
 
@@ -89,11 +113,41 @@ class Exchange:
     async def apply_events(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
     ) -> None:
-        """:meth:`apply_safely`, on a worker thread when the batch is large."""
+        """:meth:`apply_safely`, on a worker thread when the batch is large; then the history
+        of each conversation the batch adds the user back to is read again."""
+        readded = self._readded(events)
         if len(events) >= _THREAD_APPLY_MIN:
             await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
         else:
             self.apply_safely(events, cursor=cursor, synced=synced)
+        for cid in readded:
+            await self._refill(cid)
+
+    def _readded(self, events: Sequence[ServerEvent]) -> list[str]:
+        store = self.session.require_store()
+        me = store.user
+        updates = [
+            (ev.conversation_id, tuple(ev.members))
+            for ev in events
+            if isinstance(ev, ConversationUpdated) and me in ev.members
+        ]
+        if not updates:
+            return []
+        return readded_conversations(updates, me, {cid: _stored_members(store, cid) for cid, _m in updates})
+
+    async def _refill(self, cid: str) -> None:
+        """Read a conversation's history again, as a resync does (the user is back in it)."""
+        transport = self.session.transport
+        if transport is None:
+            return
+        store = self.session.require_store()
+        plan = Resync(0)
+        plan.receive_snapshot([{"id": cid}], 0, _present({cid: store.lowest_seq(cid)}))
+        try:
+            while (request := plan.next_request()) is not None:
+                await self._resync_history(transport, plan, request)
+        except (TransportError, Rejected, WireError) as exc:
+            log.info("re-reading the history of %s failed: %s", cid, exc)
 
     def apply_safely(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
@@ -161,6 +215,7 @@ class Exchange:
                 push = core.push_round(items)
                 await self._push_round(transport, push)
                 total += push.acked
+                await self._repair_rejected(transport)
                 if push.stopped:
                     return total
 
@@ -205,12 +260,36 @@ class Exchange:
 
     def _fail(self, item: OutboxItem, code: str, reason: str) -> None:
         if self.session.require_store().mark_failed(item.op_id, code, reason):
+            mid = item.payload.get("message_id")
+            if item.kind in (OpKind.EDIT, OpKind.DELETE) and mid:
+                # Its local effect (hidden or changed text) is undone from the server's copy.
+                self._repair.append((item.conversation_id, str(mid)))
             log.warning("operation %s (%s) rejected: %s: %s", item.op_id, item.kind, code, reason)
             self.session.bus.emit(
                 MessageFailed(
                     op_id=item.op_id, conversation_id=item.conversation_id, code=code, reason=reason
                 )
             )
+
+    async def _repair_rejected(self, transport: Transport) -> None:
+        """Re-fetch each message a rejected edit or delete changed locally and store the
+        server's copy in its place (a failure leaves it for the next resync)."""
+        store = self.session.require_store()
+        if not hasattr(transport, "epoch"):
+            self._repair.clear()  # only protocol v1 numbers messages: a seq names one
+            return
+        while self._repair:
+            cid, mid = self._repair.pop(0)
+            seq = store.authoritative(authority.message_seq, mid)
+            if seq is None:
+                continue
+            try:
+                page = await transport.history(cid, seq + 1, 1)
+            except (TransportError, Rejected, WireError) as exc:
+                log.info("re-fetching message %s failed: %s", mid, exc)
+                continue
+            mine = [m for m in page.messages if m.seq == seq]
+            store.authoritative(authority.replace_range, cid, mine, low=seq, high=seq)
 
     # --- pull ---------------------------------------------------------------------------
 
@@ -227,15 +306,18 @@ class Exchange:
         pulled = 0
         async with self._pull_lock:
             ahead: asyncio.Task[EventPage] | None = None
+            self._send_epoch(transport)
             while True:
                 try:
                     page = await (ahead or transport.pull(**core.pull_request()))
                 except CursorExpired:
                     ahead = None
                     await self._resync(transport)
+                    self._send_epoch(transport)
                     continue
                 ahead = None
                 core.server_answered()
+                self._keep_epoch(transport, page)
                 if (query := core.prefetch_request(page)) is not None:
                     ahead = loop.create_task(transport.pull(**query))
                 try:
@@ -250,6 +332,20 @@ class Exchange:
                 if core.receive_page(page):  # no more: nothing was requested ahead
                     return pulled
 
+    def _send_epoch(self, transport: Transport) -> None:
+        """Pulls carry the epoch the store's cursor belongs to: the server refuses (410) a
+        cursor that does not continue its log, and the resync follows."""
+        if hasattr(transport, "epoch"):
+            transport.epoch = self.session.require_store().get_meta(EPOCH_META)
+
+    def _keep_epoch(self, transport: Transport, page: EventPage) -> None:
+        """A page the server served for the store's (epoch, cursor) continues its log: its
+        epoch becomes the store's (a restart of the server begins a new one)."""
+        if page.epoch and getattr(transport, "epoch", None) != page.epoch:
+            self.session.require_store().set_meta(**{EPOCH_META: page.epoch})
+            if hasattr(transport, "epoch"):
+                transport.epoch = page.epoch
+
     async def _apply_page(self, page: EventPage) -> None:
         cursor = self.session.core.page_cursor(page)
         await self.apply_events(page.events, cursor=cursor, synced=not page.has_more)
@@ -257,23 +353,62 @@ class Exchange:
             self.session.require_store().quarantine(raw, error)
         self.emit_new(page.events)
 
-    async def _resync(self, transport: Transport) -> None:
-        """The cursor expired (G5): follow the protocol's plan, then emit one Discontinuity."""
+    async def _resync(self, transport: Transport, epoch: str = "") -> None:
+        """A discontinuity (G5: the cursor expired, or the server's epoch changed): follow the
+        protocol's plan, then emit one Discontinuity.
+
+        The plan is saved in the store after every step, so a 429, a transport error or a
+        restart continues from the page it stopped at instead of starting over.
+        """
         session = self.session
         store = session.require_store()
-        plan = session.core.start_resync()
-        log.warning("cursor %s expired on the server: resyncing", plan.old_cursor)
+        saved = store.get_meta(RESYNC_META)
+        if saved:
+            plan = Resync.restore(orjson.loads(saved))
+            log.warning("continuing the resync from cursor %s", plan.old_cursor)
+        else:
+            plan = session.core.start_resync(epoch)
+            log.warning("discontinuity at cursor %s: resyncing", plan.old_cursor)
         while (request := plan.next_request()) is not None:
             if isinstance(request, ConversationsSnapshot):
                 convs, head = await transport.conversations()
                 store.replace_conversations(convs)
-                plan.receive_snapshot(convs, head)
-                continue
-            page = await transport.history(request.conversation_id, request.before, request.limit)
-            writes = plan.receive_history(page)
-            store.apply_history(writes.messages)
-            if writes.complete:
-                store.set_history_complete(writes.conversation_id)
+                floors = {c["id"]: store.lowest_seq(c["id"]) for c in convs}
+                plan.receive_snapshot(convs, head, _present(floors))
+            else:
+                await self._resync_history(transport, plan, request)
+            store.set_meta(**{RESYNC_META: orjson.dumps(plan.state()).decode()})
         head = plan.new_cursor()
         store.reset_cursor(head)
+        store.set_meta(**{RESYNC_META: None, EPOCH_META: plan.epoch or None})
         session.bus.emit(session.core.resynced(head, known_seqs(store)))
+
+    async def _resync_history(self, transport: Transport, plan: Resync, request: Any) -> None:
+        """One history page of the resync, applied as the server's copy of its range; a 404
+        (the user left the conversation meanwhile) removes the conversation."""
+        store = self.session.require_store()
+        try:
+            page = await transport.history(request.conversation_id, request.before, request.limit)
+        except Rejected as exc:
+            if exc.status not in (403, 404) and exc.code not in ("not_found", "forbidden"):
+                raise
+            gone = plan.receive_gone()
+            log.info("conversation %s is gone (%s): removed", gone.conversation_id, exc.code)
+            store.authoritative(authority.remove_conversation, gone.conversation_id)
+            return
+        w = plan.receive_history(page)
+        if any(m.seq is None for m in w.messages):  # unnumbered (Matrix): merged as history
+            store.apply_history(w.messages)
+        store.authoritative(
+            authority.replace_range,
+            w.conversation_id,
+            w.messages,
+            low=w.low,
+            high=w.high,
+            last_seq=w.last_seq,
+            drop_below=w.drop_below,
+        )
+        if w.complete:
+            store.set_history_complete(w.conversation_id)
+        elif w.high is None:
+            store.set_meta(**{f"eoh:{w.conversation_id}": None})

@@ -359,9 +359,10 @@ class SyncProtocol:
 
     # --- resync -----------------------------------------------------------------------------
 
-    def start_resync(self) -> Resync:
-        """The server refused the cursor (410): the plan that rebuilds the store."""
-        return Resync(self.cursor)
+    def start_resync(self, epoch: str = "") -> Resync:
+        """A discontinuity (410, or another server epoch): the plan that rebuilds the store
+        and takes it to ``epoch``."""
+        return Resync(self.cursor, epoch)
 
     def resynced(self, head: Cursor, known_seq: dict[str, int] | None = None) -> Discontinuity:
         """A resync replaced the store's view as of ``head``; the event for the app."""

@@ -169,6 +169,8 @@ class EventPage:
     has_more: bool
     #: Events that could not be decoded (raw JSON, error): quarantined, passed over.
     bad: tuple[tuple[str, str], ...] = ()
+    #: The server log's epoch (issue 12): None from a server that has none.
+    epoch: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -249,6 +251,8 @@ class ReadyFrame:
     user: str
     device: str
     head: int
+    #: The log's epoch (issue 12; absent from older servers).
+    epoch: str | None = None
 
 
 @attrs.frozen(kw_only=True)

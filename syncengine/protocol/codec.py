@@ -322,7 +322,12 @@ def decode_page(data: bytes | str, *, lenient: bool = True) -> EventPage:
         raise WireError("expected non-negative integer", field="page.next")
     if type(more) is not bool:
         raise WireError("expected boolean", field="page.has_more")
-    return EventPage(events=tuple(events), next=nxt, has_more=more, bad=tuple(bad))
+    epoch = obj.get("epoch")
+    if epoch is not None and (type(epoch) is not str or len(epoch) > 128):
+        raise WireError("expected string", field="page.epoch")
+    return EventPage(
+        events=tuple(events), next=nxt, has_more=more, bad=tuple(bad), epoch=epoch
+    )
 
 
 def decode_op_results(data: bytes | str) -> list[OpResult]:
@@ -378,6 +383,8 @@ def encode_frame(frame: Any) -> dict[str, Any]:
     """A live control frame (``ReadyFrame``, ``AuthFrame``, …) with its ``type`` tag first."""
     out: dict[str, Any] = {"type": frame.type}
     out.update(converter.unstructure(frame))
+    if out.get("epoch", "") is None:
+        del out["epoch"]  # an optional key (issue 12): absent rather than null
     return out
 
 

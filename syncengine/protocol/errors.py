@@ -18,7 +18,7 @@ wrong (``NotFound``, ``TooLarge``, …), never an HTTP status. Where a status mu
      ├── CursorExpired           cursor_expired     410
      ├── TooLarge                too_large          413
      ├── Invalid                 invalid            422
-     ├── OpIdConflict            op_id_conflict     422
+     ├── OpIdConflict            op_id_conflict     409
      ├── RateLimited             rate_limited       429
      ├── Internal                internal           500
      └── Unavailable             unavailable        503
@@ -65,7 +65,7 @@ ERROR_STATUS: dict[str, int] = {
     "cursor_expired": 410,
     "too_large": 413,
     "invalid": 422,
-    "op_id_conflict": 422,
+    "op_id_conflict": 409,
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,

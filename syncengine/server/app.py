@@ -219,17 +219,18 @@ async def push_ops(core: ServerService, request: Request) -> Response:
 
 @_endpoint
 async def pull_events(core: ServerService, request: Request) -> Response:
-    """``GET /v1/events?since=&limit=``."""
+    """``GET /v1/events?since=&limit=&epoch=``."""
     user, _device = _user(core, request)
     since = _int_param(request, "since", 0, 0)
     limit = _int_param(request, "limit", ops.PULL_LIMIT_DEFAULT, 1)
     assert since is not None and limit is not None
-    events, nxt, more = core.pull(user, since, limit)
+    events, nxt, more = core.pull(user, since, limit, request.query_params.get("epoch"))
     # The events are stored as JSON text: the page is assembled around them, not re-encoded.
-    body = b'{"events":[%s],"next":%d,"has_more":%s}' % (
+    body = b'{"events":[%s],"next":%d,"has_more":%s,"epoch":%s}' % (
         ",".join(events).encode(),
         nxt,
         b"true" if more else b"false",
+        orjson.dumps(core.storage.epoch),
     )
     return Response(body, 200, media_type="application/json")
 

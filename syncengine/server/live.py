@@ -155,7 +155,9 @@ class Hub:
         """
         conn = LiveConnection(self, user, device, expires_ms)
         self.connections.setdefault(user, set()).add(conn)
-        ready = ReadyFrame(user=user, device=device, head=self.storage.head)
+        ready = ReadyFrame(
+            user=user, device=device, head=self.storage.head, epoch=self.storage.epoch
+        )
         conn.push(orjson.dumps(codec.encode_frame(ready)).decode())
         conn.start_expiry(asyncio.get_running_loop(), self.storage.now_ms())
         presence = self._presence.setdefault(user, _Presence())

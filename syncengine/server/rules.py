@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import orjson
@@ -44,8 +44,8 @@ __all__ = [
     "applied",
     "check_block",
     "check_cursor",
+    "check_epoch",
     "check_known_users",
-
     "check_may_add",
     "check_member_cap",
     "check_password",
@@ -54,6 +54,8 @@ __all__ = [
     "check_reply_target",
     "check_target",
     "creation_origin",
+    "epoch_chain",
+    "epoch_key",
     "hash_password",
     "history_cut",
     "login_keys",
@@ -324,6 +326,55 @@ def check_cursor(since: int, oldest: int, head: int) -> None:
         raise CursorExpired("the cursor is older than the retained event log", oldest_pos=oldest)
     if since > head:
         raise CursorExpired("the cursor is ahead of the server's event log", oldest_pos=oldest)
+
+
+# --- epochs ---------------------------------------------------------------------------------
+
+#: The ``meta`` keys of the epoch chain: ``epoch:<n, 8 digits>:<epoch id>`` → the head when
+#: that epoch began (the values are integers in both storages).
+EPOCH_KEY_PREFIX = "epoch:"
+
+
+def epoch_key(n: int, epoch: str) -> str:
+    """The ``meta`` key of the ``n``-th epoch of a log."""
+    return f"{EPOCH_KEY_PREFIX}{n:08d}:{epoch}"
+
+
+def epoch_chain(meta: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The epochs a log went through, oldest first, each with the head it began at, from
+    the storage's ``meta`` rows (other keys are ignored)."""
+    rows = sorted(k for k in meta if k.startswith(EPOCH_KEY_PREFIX))
+    return [(k.split(":", 2)[2], int(meta[k])) for k in rows]
+
+
+def check_epoch(client_epoch: str | None, since: int, chain: Sequence[tuple[str, int]]) -> None:
+    """Refuse a cursor that does not continue this log (issue 12: a restored server).
+
+    The epoch is a random id per run of the log: a new one begins each time the storage is
+    opened (a restart, or a data directory put back from a backup), recorded in the log
+    itself with the head it began at. A cursor continues this log when its epoch is one this
+    log went through and it is not past the head at which that epoch ended: then every event
+    the client saw is still in the log. An epoch the log never had (the client saw a run the
+    restored copy does not contain), or a cursor past its epoch's end (events the restore
+    lost), is a discontinuity: ``410`` and the client resyncs.
+
+    Args:
+        client_epoch: the epoch the client's cursor belongs to (None or "": not checked).
+        since: the client's cursor.
+        chain: :func:`epoch_chain`.
+
+    Raises:
+        CursorExpired: the cursor does not continue this log.
+    """
+    if not client_epoch or not chain:
+        return
+    for i, (epoch, _start) in enumerate(chain):
+        if epoch != client_epoch:
+            continue
+        if i + 1 < len(chain) and since > chain[i + 1][1]:
+            break
+        return
+    raise CursorExpired("the server's event log was restored or replaced (another epoch)")
 
 
 def scan_end(since: int, head: int) -> int:

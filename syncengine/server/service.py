@@ -310,13 +310,20 @@ class ServerService:
             ]
         )
 
-    def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
+    def pull(
+        self, user: str, since: int, limit: int, epoch: str | None = None
+    ) -> tuple[list[str], int, bool]:
         """The JSON texts of the events visible to ``user`` after ``since``.
 
         The page holds at most ``limit`` events (capped) and at most ``config.page_bytes``
         bytes of them (always one event at least); a page cut for size continues right
         after its last event (``has_more``).
+
+        Raises:
+            CursorExpired: ``(epoch, since)`` does not continue this log (a restore), or the
+                cursor is out of the retained log.
         """
+        rules.check_epoch(epoch, since, self.storage.epoch_chain)
         texts, nxt, more = self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
         budget = self.config.page_bytes
         # A character is at most 4 bytes of UTF-8: most pages need no exact measure.

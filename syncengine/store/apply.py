@@ -43,6 +43,12 @@ from syncengine.store.unordered import set_token
 
 __all__ = ["ApplyResult"]
 
+# The outbox holds a send of this op id (parameters: op id, body) with another body.
+OTHER_SEND_SQL = (
+    "SELECT 1 FROM outbox o WHERE o.op_id = ? AND o.kind = 'send' "
+    "AND json_extract(o.payload, '$.body') IS NOT ?"
+)
+
 
 class ApplyResult:
     """What :meth:`Store.apply_events` did: counts, and the own ops the page confirmed."""
@@ -109,7 +115,7 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
                 created = ev.ts_ms / 1000
                 inserts.append((cid, ev.seq, ev.message_id, ev.op_id, ev.sender, ev.body, created))
                 if ev.op_id is not None and ev.sender == me:
-                    own.append((ev.message_id, ev.seq, created, me, ev.op_id))
+                    own.append((ev.message_id, ev.seq, created, me, ev.op_id, ev.body))
                     confirmed.append(ev.op_id)
                 if ev.reply_to is not None:
                     page.replies.append((ev.reply_to, ev.message_id))
@@ -165,17 +171,21 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
     if page.own:
         # Promote local echoes in place before inserting: the echo and the server copy must
         # end as one row (G4), whichever of ack and echo came first.
+        # Only the echo of this very operation: an op id names one operation of one user,
+        # so an echo whose send carries another body is another device's refused reuse of
+        # the op id (the server answers it op_id_conflict), never this message.
         c.executemany(
             "UPDATE messages SET id = ?, seq = ?, state = 'sent', created_at = ? "
-            "WHERE sender = ? AND op_id = ? AND id IS NULL",
-            page.own,
+            "WHERE sender = ? AND op_id = ? AND id IS NULL AND NOT EXISTS ("
+            f"{OTHER_SEND_SQL})",
+            [(*o[:5], o[4], o[5]) for o in page.own],
         )
         # The server copy confirms the send: its outbox row moves to SENT from the states
         # the transition table allows (never from FAILED).
         c.executemany(
             "UPDATE outbox SET state = 'sent', updated_at = ? "
-            f"WHERE op_id = ? AND state IN ({ECHO_SOURCES_SQL})",
-            [(now, o[4]) for o in page.own],
+            f"WHERE op_id = ? AND state IN ({ECHO_SOURCES_SQL}) AND NOT EXISTS ({OTHER_SEND_SQL})",
+            [(now, o[4], o[4], o[5]) for o in page.own],
         )
     if page.inserts:
         c.executemany(
@@ -355,7 +365,11 @@ def replace_conversations(
                 now,
             ),
         )
-        c.execute("UPDATE conversations SET pending = 0 WHERE id = ?", (cid,))
+        # The user's own read position may have moved on another device meanwhile.
+        c.execute(
+            "UPDATE conversations SET pending = 0, read_seq = MAX(read_seq, ?) WHERE id = ?",
+            (int(conv.get("read_seq", 0) or 0), cid),
+        )
         if cur.rowcount:
             _set_members(c, cid, members)
     for (cid,) in c.execute("SELECT id FROM conversations WHERE pending = 0").fetchall():

@@ -388,6 +388,15 @@ def _promote_echo(
         # The server copy is already stored: drop any leftover echo, never show it twice.
         c.execute("DELETE FROM messages WHERE sender = ? AND op_id = ? AND id IS NULL", (me, op_id))
         return
+    # The server just gave this seq to this message: another stored message at that seq is
+    # one a restored server forgot (issue 12); it gives way (the resync that follows the
+    # server's new epoch makes the rest of the conversation equal the server's).
+    stale = "conversation_id = ? AND seq = ? AND (id IS NULL OR id != ?)"
+    c.execute(
+        f"DELETE FROM message_patches WHERE message_id IN (SELECT id FROM messages WHERE {stale})",
+        (cid, seq, message_id),
+    )
+    c.execute(f"DELETE FROM messages WHERE {stale}", (cid, seq, message_id))
     c.execute(
         "UPDATE messages SET id = ?, seq = ?, state = 'sent', created_at = ? "
         "WHERE sender = ? AND op_id = ? AND id IS NULL",

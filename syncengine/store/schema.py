@@ -163,5 +163,21 @@ def _reactions(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0005_echo_beside_server_copy")
+def _echo_beside_server_copy(db: Database) -> None:
+    # An op id names one operation of one user, whatever the device (issue 12). A device's
+    # local echo whose op id another device of the user already used for another message is
+    # refused by the server; the echo stays (FAILED, for the user to see) beside the server's
+    # copy of the other device's message: the two may share (sender, op_id). Each kind stays
+    # unique on its own.
+    db.executescript(
+        """
+        DROP INDEX messages_sender_op;
+        CREATE UNIQUE INDEX messages_sender_op ON messages(sender, op_id) WHERE id IS NOT NULL;
+        CREATE UNIQUE INDEX messages_echo_op ON messages(sender, op_id) WHERE id IS NULL;
+        """
+    )
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)

@@ -315,19 +315,19 @@ class Store(ChatQueries):
         return self._read(queries.quarantined)
 
     def apply_history(self, messages: Sequence[Any]) -> int:
-        """Store history messages (``wire.HistoryMessage``) from back-pagination or a resync:
-        the merge rules of :meth:`apply_events`, the cursor unmoved. Returns how many were given.
-        """
+        """Store history messages (``wire.HistoryMessage``) with the merge rules of
+        :meth:`apply_events`, the cursor unmoved. Returns how many were given."""
         self.apply_events(apply.history_events(messages), backward=True)
         return len(messages)
 
+    def authoritative(self, change: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run ``change`` (of :mod:`syncengine.store.authority`) in one write transaction."""
+        return self._write(change, *args, **kw)
+
     def replace_conversations(self, conversations: Sequence[dict[str, Any]]) -> None:
         """Resync: make the conversation list (titles, members) match a server snapshot.
-
-        Conversations absent from the snapshot are kept (with their messages) but lose this
-        user from their members, so they no longer appear in :meth:`conversations`. Local
-        conversations still pending creation are left alone.
-        """
+        Conversations absent from it keep their messages but lose this user from their members
+        (so :meth:`conversations` omits them); ones pending creation are left alone."""
         self._write(apply.replace_conversations, conversations, self.user, self._clock())
 
     # --- ephemeral state (one upsert each, in apply.py) ---------------------------------------

@@ -177,6 +177,8 @@ class RestTransport:
         # (and refuse) the same oversized page again and again.
         self.pull_limit_cap: int | None = None
         self.history_limit_cap: int | None = None
+        #: The server epoch the caller's cursor belongs to, sent with every pull (issue 12).
+        self.epoch: str | None = None
         # A 429's Retry-After holds for the whole client, not only the refused request.
         self._gate = RetryAfterGate()
         self._rules = _rules(self.base_url)
@@ -269,7 +271,10 @@ class RestTransport:
         )
 
     async def pull(self, since: int, limit: int) -> EventPage:
-        """``GET /v1/events?since=&limit=``: one page of events.
+        """``GET /v1/events?since=&limit=&epoch=``: one page of events.
+
+        With :attr:`epoch` set (the server epoch the caller's cursor belongs to), the server
+        answers ``410`` when the cursor does not continue its log (a restored server).
 
         A page whose body is over :data:`~syncengine.wire.MAX_PAGE_BYTES` is asked for
         again with half the ``limit``, down to 1 (at most about ten tries); the smaller page
@@ -282,10 +287,11 @@ class RestTransport:
         """
         size = min(limit, self.pull_limit_cap or limit)
         while True:
+            params: dict[str, Any] = {"since": since, "limit": size}
+            if self.epoch:
+                params["epoch"] = self.epoch
             try:
-                body = await self._request(
-                    "GET", "/v1/events", params={"since": since, "limit": size}
-                )
+                body = await self._request("GET", "/v1/events", params=params)
                 break
             except BodyTooLarge as exc:
                 size = self._shrink("pull", since, size, exc)

@@ -197,13 +197,6 @@ async def test_resync_from_a_cursor_ahead_of_a_restored_server_loses_nothing(
     assert discontinuities == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="not in issue 13/19: a resync keeps messages the restored server lost; the next "
-    "message acknowledged at their seq violates UNIQUE(conversation_id, seq) and stops the "
-    "sender's sync loop for good",
-)
 @pytest.mark.timeout(120)
 async def test_resync_after_a_restore_that_lost_messages_of_the_conversation(
     tmp_path: Path,

@@ -45,11 +45,6 @@ REPAIR_S = 5.0
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["delete", "edit"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a rejected (403) edit or delete of someone else's message keeps its "
-    "local effect: the store hides the message or shows the forged text for good",
-)
 async def test_rejected_change_of_someone_elses_message_is_undone(
     server: Any, scn_engines: ScnEngineFactory, kind: str
 ) -> None:
@@ -83,11 +78,6 @@ async def test_rejected_change_of_someone_elses_message_is_undone(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: messages sent while a member was removed never reach his store once "
-    "he is added back, though the server's history shows them to him",
-)
 async def test_readded_member_holds_messages_sent_while_out(
     server: Any, scn_engines: ScnEngineFactory
 ) -> None:
@@ -128,11 +118,6 @@ async def test_readded_member_holds_messages_sent_while_out(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: op ids are scoped per device on the server, so the same op id from two "
-    "devices of one user makes two messages",
-)
 async def test_same_op_id_from_two_devices_of_one_user(
     tmp_path: Path, server: Any, scn_engines: ScnEngineFactory
 ) -> None:
@@ -189,11 +174,6 @@ async def test_same_op_id_from_two_devices_of_one_user(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a store restored from a backup and logged in under a new device name "
-    "sends its already-pushed queue again (op ids are scoped per device)",
-)
 async def test_restored_store_under_a_new_device_name_sends_nothing_twice(
     tmp_path: Path, server: Any, scn_engines: ScnEngineFactory
 ) -> None:

@@ -101,11 +101,6 @@ async def test_resync_applies_deletes_titles_members_and_first_edits(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: after a 410 the resync keeps an older edit of a message the store had "
-    "already seen edited, instead of the server's newest edit",
-)
 async def test_resync_store_equals_server_with_edits_deletes_title_members(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -159,11 +154,6 @@ async def test_resync_store_equals_server_with_edits_deletes_title_members(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: after a 410 the resync ignores the user's own read position moved by "
-    "another device, so read_seq and the unread count differ from the server's",
-)
 async def test_resync_takes_own_read_position_from_another_device(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -208,11 +198,6 @@ async def test_resync_takes_own_read_position_from_another_device(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a conversation the user leaves during the resync answers 404 on "
-    "history and the sync loop stops in FAILED instead of removing it and going on",
-)
 async def test_conversation_left_during_resync_is_removed_and_resync_goes_on(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -273,11 +258,6 @@ async def test_conversation_left_during_resync_is_removed_and_resync_goes_on(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: at the server's rate limit each 429 restarts the resync from the newest "
-    "history page, so a long conversation livelocks it and new events never arrive",
-)
 async def test_resync_at_the_rate_limit_finishes_and_new_events_arrive(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:

@@ -67,12 +67,6 @@ def failed_states(engine: SyncEngine) -> list[str]:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: after the server is restored from a backup the stores never equal it: "
-    "the writer refuses reused seqs and keeps acknowledged sends pending, the reader keeps "
-    "the forgotten messages (no server epoch)",
-)
 async def test_writer_and_reader_equal_a_restored_server(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -120,7 +114,11 @@ async def test_writer_and_reader_equal_a_restored_server(
 
         await scn_until(converged, SCN_CONVERGE_S, "both stores equal the restored server", detail)
         assert not alice_failed and not bob_failed, (alice_failed, bob_failed)
-        assert alice.state is ConnectionState.LIVE and bob.state is ConnectionState.LIVE
+        # The stores may equal the server while an engine still finishes its resync
+        # (SYNCING): both must reach LIVE, not be there at that very instant.
+        assert await alice.wait_for_state(ConnectionState.LIVE, SCN_CONVERGE_S)
+        assert await bob.wait_for_state(ConnectionState.LIVE, SCN_CONVERGE_S)
+        assert not alice_failed and not bob_failed, (alice_failed, bob_failed)
         bodies = [row[3] for row in scn_server_view(srv.state.all_messages(cid))]
         assert [b for b in bodies if b.startswith("after the restore")] == [
             f"after the restore {i}" for i in range(3)
@@ -128,11 +126,6 @@ async def test_writer_and_reader_equal_a_restored_server(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a reading client of a server restored from a backup keeps the messages "
-    "the server forgot and misses the new ones that reuse their seqs (no server epoch)",
-)
 async def test_reader_equals_a_restored_server(
     tmp_path: Path, scn_engines: ScnEngineFactory
 ) -> None:
@@ -167,11 +160,6 @@ async def test_reader_equals_a_restored_server(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: after the server is restored from a backup the daemon's store refuses "
-    "the reused seqs and the daemon exits 1 instead of resyncing",
-)
 async def test_daemon_writer_keeps_running_after_a_restore(
     tmp_path: Path, scn_daemons: Any
 ) -> None:

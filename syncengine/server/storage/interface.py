@@ -171,6 +171,11 @@ class ConversationStorage(Protocol):
 class LogStorage(Protocol):
     """The event log, messages and operation records, read outside a write."""
 
+    #: The log's current epoch (a random id; see :func:`syncengine.server.rules.check_epoch`).
+    epoch: str
+    #: Every epoch of the log, oldest first, with the head it began at.
+    epoch_chain: list[tuple[str, int]]
+
     @property
     def head(self) -> int:
         """The position of the last committed event (0 when the log is empty)."""

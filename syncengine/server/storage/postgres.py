@@ -39,7 +39,10 @@ from syncengine.server.storage.interface import (
     OpRecord,
     PasswordRecord,
 )
-from syncengine.server.storage.postgres_schema import create_schema
+from syncengine.server.storage.postgres_schema import SCHEMA_LOCK, create_schema
+
+# The epoch is begun under the schema lock: two nodes starting at once agree on one epoch.
+_EPOCH_LOCK = SCHEMA_LOCK
 
 __all__ = ["LOG_CHANNEL", "PostgresStorage", "PostgresTx", "is_postgres_url"]
 
@@ -368,11 +371,12 @@ class PostgresTx(_Reads):
         )
 
     def op_record(self, user: str, device: str, op_id: str) -> OpRecord | None:
-        """The idempotency record of an operation, or None."""
+        """The idempotency record of an operation, or None (found by ``(user, op_id)``:
+        an op id identifies one operation of one user whatever the device)."""
         row = self.conn.execute(
-            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND device = %s"
-            " AND op_id = %s",
-            (user, device, op_id),
+            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND op_id = %s"
+            " LIMIT 1",
+            (user, op_id),
         ).fetchone()
         if row is None:
             return None
@@ -425,8 +429,29 @@ class PostgresStorage(_Reads):
         except psycopg.Error as exc:
             raise RuntimeError(f"cannot connect to {_redact(url)}: {exc}") from None
         create_schema(self.conn, _redact(url))
+        self._begin_epoch()
         self._last_ts = 0
         self.closed = False
+
+    def _begin_epoch(self) -> None:
+        """The log's epoch (see :func:`syncengine.server.rules.check_epoch`). Several nodes
+        share one PostgreSQL log, so an epoch begins only with the database, not with each
+        node: a database restored from a backup keeps its old epoch unless the operator
+        begins a new one (documented in docs/operations.md)."""
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EPOCH_LOCK,))
+            rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'epoch:%%'")
+            chain = rules.epoch_chain({k: int(v) for k, v in rows.fetchall()})
+            if not chain:
+                epoch = secrets.token_hex(8)
+                head = int(self.conn.execute("SELECT head FROM log_head WHERE id = 1").fetchone()[0])
+                self.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s)",
+                    (rules.epoch_key(0, epoch), head),
+                )
+                chain = [(epoch, head)]
+        self.epoch_chain = chain
+        self.epoch = chain[-1][0]
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -742,8 +767,8 @@ class PostgresStorage(_Reads):
     def op_result(self, user: str, device: str, op_id: str) -> dict[str, Any] | None:
         """The recorded result of an operation, or None if the server never saw it."""
         row = self._one(
-            "SELECT result FROM ops WHERE username = %s AND device = %s AND op_id = %s",
-            (user, device, op_id),
+            "SELECT result FROM ops WHERE username = %s AND op_id = %s LIMIT 1",
+            (user, op_id),
         )
         return None if row is None else orjson.loads(row[0])
 

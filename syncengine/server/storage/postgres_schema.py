@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS ops (
     ts_ms BIGINT NOT NULL,
     PRIMARY KEY (username, device, op_id)
 );
+CREATE INDEX IF NOT EXISTS ops_user_op_id ON ops (username, op_id);
 CREATE TABLE IF NOT EXISTS reads (
     conversation_id TEXT NOT NULL,
     username TEXT NOT NULL,

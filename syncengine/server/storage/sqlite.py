@@ -11,6 +11,7 @@ transaction per request.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ import sqlite_utils
 from syncengine.paths import make_private_dirs
 from syncengine.protocol import codec
 from syncengine.protocol.events import DurableEvent
+from syncengine.server import rules
 from syncengine.server.storage.interface import Committed
 from syncengine.server.storage.sqlite_blocks import BlockTables, BlockTx
 from syncengine.server.storage.sqlite_conversations import ConversationReads, ConversationTx
@@ -128,8 +130,24 @@ class SqliteStorage(UserTables, BlockTables, ConversationReads, LogReads):
         self._head = int(conn.execute("SELECT COALESCE(MAX(pos), 0) FROM events").fetchone()[0])
         self._oldest = self._meta("oldest_pos", 1)
         self._head = max(self._head, self._oldest - 1)
+        self._begin_epoch()
         self._last_ts = 0
         self.closed = False
+
+    def _begin_epoch(self) -> None:
+        """Every opening of the data directory begins a new epoch of the log (see
+        :func:`syncengine.server.rules.check_epoch`): a copy put back from a backup cannot
+        bring back an epoch its clients saw after the copy was taken."""
+        rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'epoch:%'")
+        chain = rules.epoch_chain(dict(rows.fetchall()))
+        epoch = secrets.token_hex(8)
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                (rules.epoch_key(len(chain), epoch), self._head),
+            )
+        self.epoch_chain = [*chain, (epoch, self._head)]
+        self.epoch = epoch
 
     def _meta(self, key: str, default: int) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

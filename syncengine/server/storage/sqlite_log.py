@@ -99,8 +99,8 @@ class LogReads:
         """The recorded result of an operation, or None if the server never saw it."""
         with self._lock:
             row = self.conn.execute(
-                "SELECT result FROM ops WHERE user = ? AND device = ? AND op_id = ?",
-                (user, device, op_id),
+                "SELECT result FROM ops WHERE user = ? AND op_id = ? LIMIT 1",
+                (user, op_id),
             ).fetchone()
         return None if row is None else orjson.loads(row[0])
 
@@ -202,11 +202,14 @@ class LogTx(LogReads):
         )
 
     def op_record(self, user: str, device: str, op_id: str) -> OpRecord | None:
-        """The idempotency record of an operation, or None."""
+        """The idempotency record of an operation, or None.
+
+        An op id identifies one operation of one user whatever the device (issue 12): the
+        record is found by ``(user, op_id)``; ``device`` is only kept beside it.
+        """
         row = self.conn.execute(
-            "SELECT kind, payload_hash, result FROM ops WHERE user = ? AND device = ?"
-            " AND op_id = ?",
-            (user, device, op_id),
+            "SELECT kind, payload_hash, result FROM ops WHERE user = ? AND op_id = ? LIMIT 1",
+            (user, op_id),
         ).fetchone()
         if row is None:
             return None

@@ -114,6 +114,7 @@ CREATE TABLE IF NOT EXISTS "ops" (
    "ts_ms" INTEGER NOT NULL,
    PRIMARY KEY ("user", "device", "op_id")
 );
+CREATE INDEX IF NOT EXISTS "idx_ops_user_op_id" ON "ops" ("user", "op_id");
 CREATE TABLE IF NOT EXISTS "reads" (
    "conversation_id" TEXT,
    "user" TEXT,
