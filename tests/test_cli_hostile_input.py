@@ -121,12 +121,6 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/store read paths (messages, retry, set_typing, presence) let a lone "
-    "surrogate reach sqlite3: UnicodeEncodeError (engine.py and store/ are outside this "
-    "change; reported in issue 14's hand-back)",
-)
 def test_api_read_paths_refuse_lone_surrogates(srv: ServerThread, tmp_path: Path) -> None:
     async def calls() -> None:
         async with SyncEngine(tmp_path / "a.db", connect=False) as engine:

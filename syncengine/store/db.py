@@ -28,11 +28,12 @@ from syncengine.errors import (
     StoreError,
     StoreFull,
     StoreLocked,
+    UsageError,
 )
 from syncengine.paths import make_private_dirs
 from syncengine.store.schema import MIGRATIONS, SCHEMA_NAMES
 
-__all__ = ["StoreDB", "make_folders", "map_sqlite_error", "move_aside", "secure_file"]
+__all__ = ["StoreDB", "make_folders", "map_sqlite_error", "move_aside", "not_text", "secure_file"]
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 
@@ -80,6 +81,12 @@ def move_aside(path: Path) -> Path:
 
 
 _CORRUPT_MARKERS = ("malformed", "not a database", "file is encrypted", "corrupt")
+
+
+def not_text(exc: UnicodeEncodeError) -> UsageError:
+    """A string the caller passed cannot be stored: SQLite needs valid UTF-8, and a lone
+    surrogate (``"\\udcff"``) has no UTF-8 form. The caller's mistake, not the store's."""
+    return UsageError(f"not valid text (a lone surrogate at position {exc.start})")
 
 
 def map_sqlite_error(exc: sqlite3.Error, path: str) -> StoreError:
@@ -182,6 +189,10 @@ class StoreDB:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise map_sqlite_error(exc, str(self.path)) from exc
+            except UnicodeEncodeError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise not_text(exc) from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -201,6 +212,8 @@ class StoreDB:
                         conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise map_sqlite_error(exc, str(self.path)) from exc
+            except UnicodeEncodeError as exc:
+                raise not_text(exc) from exc
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: ``"ok"`` for a healthy file."""
