@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,21 +321,19 @@ class Session:
         return link is not None
 
     async def _end_session(self, tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.link is not None:
-            await self.link.close()
-        self.link = None
-        self.core.connection_lost()
-        self.throttle.reset()
-        if self.store is not None:
-            with contextlib.suppress(StoreError):
-                # A typing stop lost with the link must not leave others shown typing forever.
-                self.store.clear_typing()
-                self.store.recover_sending()
+        try:
+            await cancel_and_wait(tasks)
+        finally:
+            if self.link is not None:
+                await self.link.close()
+            self.link = None
+            self.core.connection_lost()
+            self.throttle.reset()
+            if self.store is not None:
+                with contextlib.suppress(StoreError):
+                    # A typing stop lost with the link must not leave others typing forever.
+                    self.store.clear_typing()
+                    self.store.recover_sending()
 
     def _attach_link(
         self, link: LiveLink, queue: _LiveBuffer, tasks: list[asyncio.Task[Any]]
@@ -571,3 +569,21 @@ class _StoreBusy(TransportError):
 
 class _LinkClosed(TransportError):
     """The live channel ended without an error."""
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until all of them have ended, whatever they ended with.
+
+    A cancellation of the *caller* while it waits is not swallowed: awaiting each task under
+    ``suppress(CancelledError)`` would also swallow the caller's own CancelledError, so a
+    ``close()`` that cancels the sync loop while a failed session winds down would be lost,
+    the loop would back off and reconnect, and ``close()`` would wait for it for ever.
+    """
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)  # raises only if the caller itself is cancelled
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the session is over, its outcome no longer matters
