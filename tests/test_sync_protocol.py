@@ -578,6 +578,21 @@ def test_a_stale_presence_is_fetched_after_the_catch_up_of_the_same_tick() -> No
     assert p.tick(NOW) == [CatchUp(), PresenceSnapshot()]
 
 
+def test_a_failed_presence_snapshot_while_live_is_retried_after_the_backoff() -> None:
+    p = live_protocol(known_seq={"c1": 1})
+    p.reached_live(NOW)
+    p.receive_applied([conv(1)], listening=False)
+    assert p.tick(NOW) == [PresenceSnapshot()]
+    # Refused while the link is up: still wanted, but not before the single-request wait.
+    assert p.receive_presence_failed(ServerUnavailable("down"), NOW) == 0.5  # rng pinned
+    assert p.tick(NOW + 0.4) == []
+    assert p.tick(NOW + 0.5) == [PresenceSnapshot()]
+    assert p.tick(NOW + 0.6) == []  # fetched once it is due, not again
+    assert p.receive_presence_failed(RateLimited("slow", retry_after=9.0), NOW) == 9.0
+    assert p.tick(NOW + 8.9) == []
+    assert p.tick(NOW + 9.0) == [PresenceSnapshot()]
+
+
 def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
     from syncengine.core.resync import readded_conversations
 

@@ -290,7 +290,9 @@ class Session:
             if not await self._adopt_live(queue, tasks) and self.live.pending:
                 self.keeper.live_pending()
             await matrix_glue.push_and_catch_up(self, tasks)
-            if self.link is None and self.live.pending:
+            # A handshake that ended during the catch-up is adopted here too, not only one
+            # still under way: else the session reports LIVE polling with a link unread.
+            if self.link is None and (self.live.pending or self.live.done):
                 await self.live.wait(LIVE_GRACE_S)
                 if await self._adopt_live(queue, tasks) and self.core.pull_after_attach():
                     await self.exchange.catch_up()  # from the cursor to past the live head
@@ -369,7 +371,7 @@ class Session:
             if isinstance(request, CatchUp):
                 await self._timed_catch_up()
             elif isinstance(request, PresenceSnapshot):
-                await refresh_presence(self.require_store(), transport)
+                await timed_presence(self, transport)
             elif isinstance(request, ConnectLive):
                 self.live.start(transport)
         for cid, frame in self.throttle.tick(time.monotonic()):
@@ -516,6 +518,19 @@ async def watched(work: Coroutine[Any, Any, None], tasks: list[asyncio.Task[Any]
         job.result()  # the work's own error, if any
         return
     raise_if_ended(tasks)
+
+
+async def timed_presence(session: Session, transport: Transport) -> None:
+    """The presence snapshot the protocol asked for in the live loop."""
+    try:
+        await refresh_presence(session.require_store(), transport)
+    except TransportError as exc:
+        if session.link is None:
+            raise  # polling: REST is the only channel, so the session is down
+        # The live link is up (echoes and others' messages arrive on it): retry the snapshot
+        # on a timer, as a failed pull is, instead of tearing the link down.
+        session.core.receive_presence_failed(exc, time_now())
+        log.info("presence refresh failed while live, retrying: %s", exc)
 
 
 async def refresh_presence(store: Store, transport: Transport) -> None:
