@@ -593,6 +593,23 @@ def test_a_failed_presence_snapshot_while_live_is_retried_after_the_backoff() ->
     assert p.tick(NOW + 9.0) == [PresenceSnapshot()]
 
 
+def test_sends_moved_to_sent_by_their_echo_are_reported_once_each() -> None:
+    from syncengine.core.emit import sent_by_echo
+    from syncengine.events import MessageSent
+
+    def own(pos: int, op_id: str) -> MessageReceived:
+        return MessageReceived(
+            pos=pos, conversation_id="c1", seq=pos, ts_ms=1, message_id=f"m{pos}",
+            sender="me", body="x", op_id=op_id,
+        )
+
+    batch = [msg(1, 1), own(2, "op-a"), own(3, "op-b"), own(2, "op-a")]  # a repeated echo
+    assert sent_by_echo(batch, ["op-a"]) == [
+        MessageSent(op_id="op-a", conversation_id="c1", message_id="m2", seq=2)
+    ]
+    assert sent_by_echo(batch, []) == []  # the ack came first: the echo reports nothing
+
+
 def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
     from syncengine.core.resync import readded_conversations
 
