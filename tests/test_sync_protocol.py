@@ -599,8 +599,14 @@ def test_sends_moved_to_sent_by_their_echo_are_reported_once_each() -> None:
 
     def own(pos: int, op_id: str) -> MessageReceived:
         return MessageReceived(
-            pos=pos, conversation_id="c1", seq=pos, ts_ms=1, message_id=f"m{pos}",
-            sender="me", body="x", op_id=op_id,
+            pos=pos,
+            conversation_id="c1",
+            seq=pos,
+            ts_ms=1,
+            message_id=f"m{pos}",
+            sender="me",
+            body="x",
+            op_id=op_id,
         )
 
     batch = [msg(1, 1), own(2, "op-a"), own(3, "op-b"), own(2, "op-a")]  # a repeated echo

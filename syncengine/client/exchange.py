@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from syncengine.client.tasks import cancel_and_wait
+from syncengine.core.emit import sent_by_echo
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
-from syncengine.core.emit import sent_by_echo
 from syncengine.core.resync import Resync, readded_conversations
 from syncengine.core.unordered import for_app
 from syncengine.errors import (
@@ -332,9 +333,9 @@ class Exchange:
                     await self._apply_page(page)
                 except BaseException:
                     if ahead is not None:
-                        ahead.cancel()
-                        with contextlib.suppress(BaseException):
-                            await ahead
+                        # Not under suppress(BaseException): that would also swallow a
+                        # cancellation of this task arriving while it waits (a close()).
+                        await cancel_and_wait([ahead])
                     raise
                 pulled += len(page.events)
                 if core.receive_page(page):  # no more: nothing was requested ahead

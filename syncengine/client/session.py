@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from syncengine.client.credentials import load_token
 from syncengine.client.exchange import Exchange, known_seqs
 from syncengine.client.health import HealthKeeper, error_doc, sync_mode
 from syncengine.client.live_try import LiveTry
+from syncengine.client.tasks import cancel_and_wait
 from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
 from syncengine.core.requests import CatchUp, ConnectLive, PresenceSnapshot
@@ -584,21 +585,3 @@ class _StoreBusy(TransportError):
 
 class _LinkClosed(TransportError):
     """The live channel ended without an error."""
-
-
-async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until all of them have ended, whatever they ended with.
-
-    A cancellation of the *caller* while it waits is not swallowed: awaiting each task under
-    ``suppress(CancelledError)`` would also swallow the caller's own CancelledError, so a
-    ``close()`` that cancels the sync loop while a failed session winds down would be lost,
-    the loop would back off and reconnect, and ``close()`` would wait for it for ever.
-    """
-    running = [task for task in tasks if not task.done()]
-    for task in running:
-        task.cancel()
-    if running:
-        await asyncio.wait(running)  # raises only if the caller itself is cancelled
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: the session is over, its outcome no longer matters

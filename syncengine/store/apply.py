@@ -43,6 +43,7 @@ from syncengine.store.unordered import set_token
 
 __all__ = ["ApplyResult"]
 
+
 class ApplyResult:
     """What :meth:`Store.apply_events` did: counts, and the own ops the page confirmed.
 
