@@ -145,7 +145,8 @@ def test_live_close_codes() -> None:
     ("header", "body_ms", "expected"),
     [
         ("2", None, 2.0),
-        ("0.25", 9000, 0.25),  # the header wins over the body
+        ("1", 20, 0.02),  # the body's milliseconds win over the header's whole seconds
+        ("2", "soon", 2.0),  # a body that names no number: the header's
         ("-3", None, 0.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 1500, 1.5),  # unreadable header: the body's
         ("soon", None, None),

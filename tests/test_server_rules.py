@@ -151,3 +151,11 @@ def test_one_table_maps_every_code_to_its_status() -> None:
     assert errors.ERROR_STATUS["op_id_conflict"] == errors.ERROR_STATUS["invalid"] == 422
     assert errors.RateLimited("slow down", retry_after_ms=5).status == 429
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)
+
+
+def test_pulls_have_a_rate_budget_of_their_own() -> None:
+    assert rules.rate_budget("GET", "/v1/events") == "pull"
+    assert rules.rate_budget("POST", "/v1/ops") == "rest"
+    assert rules.rate_budget("GET", "/v1/conversations") == "rest"
+    assert rules.rate_budget("GET", "/v1/conversations/c/messages") == "rest"
+    assert rules.rate_budget("PUT", "/v1/events") == "rest"

@@ -225,17 +225,22 @@ def error_for_close(code: int | None, reason: str) -> SyncEngineError:
 def retry_after_seconds(header: str | None, body_ms: object = None) -> float | None:
     """The pause a 429 asks for, in seconds, or None when it names none.
 
+    The body's ``retry_after_ms`` wins over the header: ``Retry-After`` holds whole seconds
+    (the server rounds up), so a shortfall of one token at 50 a second (20 ms) would read as
+    a one-second wait.
+
     Args:
-        header: the ``Retry-After`` header (delay-seconds form; an HTTP date is not read).
-        body_ms: the body's ``retry_after_ms``, used when the header is absent or unreadable.
+        header: the ``Retry-After`` header (delay-seconds form; an HTTP date is not read),
+            used when the body names no number of milliseconds.
+        body_ms: the body's ``retry_after_ms``.
     """
+    if isinstance(body_ms, int | float) and not isinstance(body_ms, bool):
+        return max(0.0, body_ms / 1000)
     if header:
         try:
             return max(0.0, float(header))
         except ValueError:
             pass
-    if isinstance(body_ms, int | float) and not isinstance(body_ms, bool):
-        return max(0.0, body_ms / 1000)
     return None
 
 

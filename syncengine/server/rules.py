@@ -35,6 +35,7 @@ __all__ = [
     "MAX_QUERY_INT",
     "PULL_SCAN_MAX",
     "RateLimiter",
+    "rate_budget",
     "TokenBucket",
     "applied",
     "check_cursor",
@@ -330,6 +331,22 @@ class RateLimiter:
         ]
         for key in idle:
             del self.buckets[key]
+
+
+def rate_budget(method: str, path: str) -> str:
+    """The budget a REST request draws a token from: ``"pull"`` or ``"rest"``.
+
+    A catch-up is a run of ``GET /v1/events`` pages, one after another as fast as the
+    client applies them; drawn from the abuse limit shared with every other request
+    (50/s by default), it would cap a catch-up at 50 pages a second. Pulls therefore
+    draw from a budget of their own, sized for catch-ups (``--pull-rate``,
+    ``--pull-burst``), and never empty the budget that writes and the other reads share.
+
+    Args:
+        method: the HTTP method.
+        path: the request's path.
+    """
+    return "pull" if method == "GET" and path == "/v1/events" else "rest"
 
 
 def retry_after_ms(wait_s: float) -> int:
