@@ -74,6 +74,11 @@ class Exchange:
         self.session = session
         self._push_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
+        #: Operations acknowledged and events pulled since the session opened, in memory:
+        #: a one-shot sync that waits out a 429 and goes again reports its whole work, and
+        #: its progress bar reads these instead of the store.
+        self.pushed_total = 0
+        self.pulled_total = 0
 
     # --- emitting -----------------------------------------------------------------------
 
@@ -160,6 +165,7 @@ class Exchange:
                 push = core.push_round(items)
                 await self._push_round(transport, push)
                 total += push.acked
+                self.pushed_total += push.acked
                 if push.stopped:
                     return total
 
@@ -245,6 +251,7 @@ class Exchange:
                             await ahead
                     raise
                 pulled += len(page.events)
+                self.pulled_total += len(page.events)
                 if core.receive_page(page):  # no more: nothing was requested ahead
                     return pulled
 

@@ -48,6 +48,7 @@ __all__ = [
     "error_for_status",
     "full_jitter",
     "retry_after_seconds",
+    "rate_limit_wait",
     "status_rule",
     "status_table_markdown",
 ]
@@ -242,6 +243,26 @@ def retry_after_seconds(header: str | None, body_ms: object = None) -> float | N
         except ValueError:
             pass
     return None
+
+
+#: The pause taken after a 429 that names none.
+RATE_LIMIT_DEFAULT_WAIT_S = 1.0
+
+
+def rate_limit_wait(retry_after: float | None, remaining: float) -> float | None:
+    """How long a one-shot sync waits out a 429 before it asks again, or None to give up.
+
+    A 429 says "later", not "no": a ``syncengine sync`` whose ``--timeout`` leaves room for
+    the server's pause waits it out and resumes (each pulled page is committed with its
+    cursor, so nothing is pulled twice); one whose time would run out first gives up now
+    instead of sleeping into its deadline.
+
+    Args:
+        retry_after: the pause the server asked for, in seconds (None: it named none).
+        remaining: seconds left before the caller's deadline.
+    """
+    wait = RATE_LIMIT_DEFAULT_WAIT_S if retry_after is None else max(0.0, retry_after)
+    return wait if wait < remaining else None
 
 
 class RetryAfterGate:
