@@ -1124,3 +1124,22 @@ def test_resync_snapshot_older_than_a_stored_update_does_not_undo_it(store: Stor
     # replaying the newer event (the pull from the snapshot's head) keeps it so
     store.apply_events([conv_updated(CID, 10, 10, members=(ME, "bob", "carol"), title="newer")])
     assert store.conversation(CID).title == "newer"
+
+
+def test_known_seqs_match_the_conversations_listing_without_counting_unread(
+    store: Store,
+) -> None:
+    store.apply_events(
+        [
+            conv_updated(CID, 1, 1),
+            received(CID, 2, 2),
+            received(CID, 3, 3),
+            conv_updated(CID_B, 1, 4),
+            conv_updated("conv-left", 1, 5),
+            conv_updated("conv-left", 2, 6, members=("bob", "carol")),  # I was removed
+        ],
+        cursor=6,
+    )
+    send(store, cid=CID_B)  # a local echo moves no seq
+    listed = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+    assert store.known_seqs() == listed == {CID: 3, CID_B: 1}

@@ -51,7 +51,7 @@ _THREAD_APPLY_MIN = 64
 
 def known_seqs(store: Store) -> dict[str, int]:
     """The highest seq stored per conversation (the protocol's gap detection starts here)."""
-    return {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+    return store.known_seqs()
 
 
 class SessionView(Protocol):

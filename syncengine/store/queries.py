@@ -77,6 +77,21 @@ def read_cursor(c: Any) -> int:
     return int(row[0]) if row else 0
 
 
+def known_seqs(c: Any, me: str) -> dict[str, int]:
+    """The highest stored seq of each conversation listed by :func:`conversations` (those
+    with a seq), without its unread count: a session starts with this (gap detection), and
+    counting unread over every stored message there cost 0.2 s a start at 200,000 messages."""
+    rows = c.execute(
+        """
+        SELECT c.id, c.last_seq FROM conversations c
+        WHERE c.last_seq > 0 AND (c.pending = 1 OR EXISTS (
+            SELECT 1 FROM members mb WHERE mb.conversation_id = c.id AND mb.user = ?))
+        """,
+        (me,),
+    )
+    return {cid: int(seq) for cid, seq in rows}
+
+
 def conversations(c: Any, me: str) -> list[Conversation]:
     """The conversations ``me`` is a member of (or created offline), newest activity first."""
     rows = c.execute(

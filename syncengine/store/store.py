@@ -381,6 +381,10 @@ class Store:
         """The conversations this user is a member of, with unread counts, newest activity first."""
         return self._read(queries.conversations, self.user)
 
+    def known_seqs(self) -> dict[str, int]:
+        """The highest stored seq of each of :meth:`conversations` (no unread counts)."""
+        return self._read(queries.known_seqs, self.user)
+
     def conversation(self, conversation_id: str) -> Conversation:
         """One conversation. Raises NotFound."""
         return self._read(queries.conversation, self.user, conversation_id)
