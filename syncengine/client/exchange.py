@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from syncengine.client.catchup import CatchUp
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
@@ -31,7 +32,6 @@ from syncengine.errors import (
 from syncengine.events import MessageFailed, MessageSent, ServerEvent
 from syncengine.models import HistoryPage, OpKind, OutboxItem
 from syncengine.transport.base import Transport
-from syncengine.wire import EventPage
 
 if TYPE_CHECKING:
     from syncengine.client.bus import EventBus
@@ -222,45 +222,13 @@ class Exchange:
     async def catch_up(self) -> int:
         """Pull pages from the cursor until caught up. Returns the number of events pulled.
 
-        The next page is requested before the current one is applied, so the server's work,
-        the transfer and the decoding overlap the commit (SQLite is the binding stage). Pages
-        are still applied one at a time, in order, each with its cursor (G3).
+        Pages are pulled ahead on the loop while one long-lived thread applies them, in
+        order, each with its cursor in one transaction (G3); see
+        :mod:`syncengine.client.catchup`.
         """
         transport = self.session.require_transport()
-        core = self.session.core
-        loop = asyncio.get_running_loop()
-        pulled = 0
         async with self._pull_lock:
-            ahead: asyncio.Task[EventPage] | None = None
-            while True:
-                try:
-                    page = await (ahead or transport.pull(**core.pull_request()))
-                except CursorExpired:
-                    ahead = None
-                    await self._resync(transport)
-                    continue
-                ahead = None
-                if (query := core.prefetch_request(page)) is not None:
-                    ahead = loop.create_task(transport.pull(**query))
-                try:
-                    await self._apply_page(page)
-                except BaseException:
-                    if ahead is not None:
-                        ahead.cancel()
-                        with contextlib.suppress(BaseException):
-                            await ahead
-                    raise
-                pulled += len(page.events)
-                self.pulled_total += len(page.events)
-                if core.receive_page(page):  # no more: nothing was requested ahead
-                    return pulled
-
-    async def _apply_page(self, page: EventPage) -> None:
-        cursor = self.session.core.page_cursor(page)
-        await self.apply_events(page.events, cursor=cursor, synced=not page.has_more)
-        for raw, error in page.bad:
-            self.session.require_store().quarantine(raw, error)
-        self.emit_new(page.events)
+            return await CatchUp(self, transport).run()
 
     async def _resync(self, transport: Transport) -> None:
         """The cursor expired (G5): follow the protocol's plan, then emit one Discontinuity."""
