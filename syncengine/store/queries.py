@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import orjson
 
 from syncengine.errors import NotFound, UsageError
@@ -50,19 +51,31 @@ _BY_OP = _FROM_MESSAGES + "WHERE m.sender = ? AND m.op_id = ?"
 _MESSAGE_STATES: dict[str, MessageState] = {s.value: s for s in MessageState}
 
 
+# A history page builds 50 rows: through the frozen attrs ``__init__`` a ``Message`` took
+# 1.9 µs, about a third of the page's time, so its slots are filled directly (the class has
+# no validators, converters or post-init, so the object is the same). A test compares the
+# two constructions field by field.
+_new_message = object.__new__
+_set = {f.name: getattr(Message, f.name).__set__ for f in attrs.fields(Message)}
+_set_conversation_id, _set_op_id, _set_id = _set["conversation_id"], _set["op_id"], _set["id"]
+_set_seq, _set_sender, _set_body = _set["seq"], _set["sender"], _set["body"]
+_set_state, _set_created_at = _set["state"], _set["created_at"]
+_set_edited_at, _set_deleted = _set["edited_at"], _set["deleted"]
+
+
 def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        conversation_id=row[0],
-        op_id=row[1],
-        id=row[2],
-        seq=row[3],
-        sender=row[4],
-        body=row[5],
-        state=_MESSAGE_STATES.get(row[6]) or MessageState(row[6]),
-        created_at=row[7],
-        edited_at=row[8],
-        deleted=bool(row[9]),
-    )
+    m = _new_message(Message)
+    _set_conversation_id(m, row[0])
+    _set_op_id(m, row[1])
+    _set_id(m, row[2])
+    _set_seq(m, row[3])
+    _set_sender(m, row[4])
+    _set_body(m, row[5])
+    _set_state(m, _MESSAGE_STATES.get(row[6]) or MessageState(row[6]))
+    _set_created_at(m, row[7])
+    _set_edited_at(m, row[8])
+    _set_deleted(m, bool(row[9]))
+    return m
 
 
 def get_meta(c: Any, key: str) -> str | None:

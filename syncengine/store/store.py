@@ -108,9 +108,10 @@ class Store:
         """Migrations applied to this file, oldest first."""
         return self._db.schema
 
-    def integrity_check(self) -> str:
-        """``PRAGMA integrity_check`` (``"ok"`` when healthy)."""
-        return self._db.integrity_check()
+    def integrity_check(self, *, quick: bool = False) -> str:
+        """``PRAGMA integrity_check``, or ``quick_check`` when ``quick`` (``"ok"`` when
+        healthy)."""
+        return self._db.integrity_check(quick=quick)
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file."""
@@ -298,7 +299,10 @@ class Store:
         Non-durable events in ``events`` are ignored here (see :meth:`apply_ephemeral`).
         """
         page = apply.sort_events(events, self.user)
-        return self._write(apply.write_page, page, self._clock(), cursor=cursor, synced=synced)
+        # What a page holds is on the server and is pulled again if a power loss takes the
+        # commit back, events and cursor together (G3): no fsync at this COMMIT.
+        with self._db.write(replayable=True) as c:
+            return apply.write_page(c, page, self._clock(), cursor=cursor, synced=synced)
 
     def quarantine(self, raw: str, error: str, pos: int | None = None) -> None:
         """Keep an event that could not be applied (a poison event) for inspection."""
