@@ -1,35 +1,38 @@
 """A plain (non-async) script using the blocking API.
 
-    syncengine serve
-    python examples/blocking_script.py --user reporter --to alice "nightly build passed"
+Right after the quickstart (docs/quickstart.md: its server runs and
+``SYNCENGINE_PASSWORD=alice-secret`` is exported), from the repository::
+
+    .venv/bin/python examples/blocking_script.py --user alice --to bob "nightly build passed"
 
 It logs in, finds (or creates) a conversation with the recipient, sends one message, waits
-until the server acknowledged it, and prints the conversation's last messages.
+until the server acknowledged it, and prints the conversation's last messages. The password
+is taken as ``syncengine login`` takes it: SYNCENGINE_PASSWORD, else a prompt, else stdin.
+Any engine error is one line on stderr (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from common import DEFAULT_SERVER, password, run
 
 from syncengine import BlockingEngine
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Send one message from a plain script.")
-    parser.add_argument("text")
-    parser.add_argument("--user", default="reporter")
-    parser.add_argument("--to", required=True)
-    parser.add_argument(
-        "--server", default=os.environ.get("SYNCENGINE_SERVER", "http://127.0.0.1:8765")
-    )
-    parser.add_argument("--password", default=os.environ.get("SYNCENGINE_PASSWORD", "secret"))
-    parser.add_argument("--db", default=None)
+    parser.add_argument("text", help="the message")
+    parser.add_argument("--user", default="alice", help="who sends it [default: alice]")
+    parser.add_argument("--to", required=True, help="the recipient")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"[default: {DEFAULT_SERVER}]")
+    parser.add_argument("--db", default=None, help="store file [default: USER.script.db]")
     args = parser.parse_args()
 
+    secret = password(args.user)
     with BlockingEngine(args.db or f"{args.user}.script.db") as engine:
-        engine.login(args.server, args.user, args.password)
+        engine.login(args.server, args.user, secret)
         engine.sync_once()  # learn the conversations that already exist
         wanted = {args.user, args.to}
         conv = next((c for c in engine.conversations() if set(c.members) == wanted), None)
@@ -45,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

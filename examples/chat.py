@@ -1,30 +1,35 @@
 """A terminal chat client on the engine: two terminals chat live, offline-first.
 
-Run a server, then one client per user (each keeps its own store)::
+Right after the quickstart (docs/quickstart.md), with its server still running, one client
+per user in two terminals (each keeps its own store)::
 
-    syncengine serve
-    python examples/chat.py --user alice --with bob
-    python examples/chat.py --user bob --with alice
+    SYNCENGINE_PASSWORD=alice-secret .venv/bin/python examples/chat.py --user alice --with bob
+    SYNCENGINE_PASSWORD=bob-secret .venv/bin/python examples/chat.py --user bob --with alice
 
 Type a line and press Enter to send it; ``/who`` shows presence, ``/away`` and ``/back`` set
 yours, ``/quit`` leaves. Stop the server and keep typing: lines are queued (shown with a
 ``…``) and delivered once it is back; what the other side sent meanwhile is caught up.
+The password is taken as ``syncengine login`` takes it (SYNCENGINE_PASSWORD, else a prompt,
+else the first line of stdin); any engine error is one line on stderr (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import threading
 import uuid
+from collections.abc import Callable
+
+from common import DEFAULT_SERVER, password, run
 
 from syncengine import (
     ConnectionStateChanged,
     MessageReceived,
     MessageSent,
     SyncEngine,
+    SyncEngineError,
     TypingStarted,
     TypingStopped,
     UserPresenceChanged,
@@ -49,26 +54,32 @@ def read_lines(queue: asyncio.Queue[str | None], loop: asyncio.AbstractEventLoop
     threading.Thread(target=run, daemon=True).start()
 
 
-async def main() -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--user", required=True)
+    parser.add_argument("--user", required=True, help="who you are")
     parser.add_argument("--with", dest="peer", required=True, help="the other user")
-    parser.add_argument(
-        "--server", default=os.environ.get("SYNCENGINE_SERVER", "http://127.0.0.1:8765")
-    )
-    parser.add_argument("--password", default=os.environ.get("SYNCENGINE_PASSWORD", "secret"))
+    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"[default: {DEFAULT_SERVER}]")
     parser.add_argument("--db", default=None, help="store file (default: <user>.chat.db)")
     args = parser.parse_args()
+    return asyncio.run(chat(args, password(args.user)))
 
+
+async def chat(args: argparse.Namespace, secret: str) -> int:
+    """Log in, join (or create) the conversation with the peer, and chat until /quit."""
     me = args.user
     cid = conversation_id([me, args.peer])
     out = lambda text: print(text, flush=True)  # noqa: E731 - one-line printer
     async with SyncEngine(args.db or f"{me}.chat.db") as engine:
-        await engine.login(args.server, me, args.password)
+        await engine.login(args.server, me, secret)
         engine.on(ConnectionStateChanged, lambda e: out(f"* connection: {e.new.value}"))
         engine.on(
             MessageReceived,
-            lambda e: out(f"[{e.sender}] {e.body}") if e.conversation_id == cid else None,
+            # Your own lines are shown once, when typed (with "…" until delivered).
+            lambda e: (
+                out(f"[{e.sender}] {e.body}")
+                if e.conversation_id == cid and e.sender != me
+                else None
+            ),
         )
         engine.on(MessageSent, lambda e: out(f"  ✓ delivered (#{e.seq})"))
         engine.on(TypingStarted, lambda e: out(f"* {e.user} is typing…"))
@@ -94,24 +105,31 @@ async def main() -> int:
             line = await lines.get()
             if line is None or line == "/quit":
                 break
-            if line == "/who":
-                p = await engine.presence(args.peer)
-                out(f"* {args.peer}: {p.status.value if p else 'unknown'}")
-            elif line in ("/away", "/back"):
-                await engine.set_presence("away" if line == "/away" else "online")
-            elif line.strip():
-                await engine.set_typing(cid, False)
-                echo = await engine.send(cid, line)
-                out(f"[{me}] {echo.body} …")
-            else:
-                await engine.set_typing(cid, True)
+            try:
+                await handle(engine, line, cid, args.peer, me, out)
+            except SyncEngineError as exc:
+                out(f"* error: {' '.join(str(exc).split())}")
         # Leave nothing behind unsent if the server is reachable.
         await engine.wait_for_pending(timeout=5)
     return 0
 
 
+async def handle(
+    engine: SyncEngine, line: str, cid: str, peer: str, me: str, out: Callable[[str], None]
+) -> None:
+    """One typed line: a command, a message, or (empty) a typing notice."""
+    if line == "/who":
+        p = await engine.presence(peer)
+        out(f"* {peer}: {p.status.value if p else 'unknown'}")
+    elif line in ("/away", "/back"):
+        await engine.set_presence("away" if line == "/away" else "online")
+    elif line.strip():
+        await engine.set_typing(cid, False)
+        echo = await engine.send(cid, line)
+        out(f"[{me}] {echo.body} …")
+    else:
+        await engine.set_typing(cid, True)
+
+
 if __name__ == "__main__":
-    try:
-        raise SystemExit(asyncio.run(main()))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run(main)

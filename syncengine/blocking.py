@@ -75,9 +75,10 @@ class BlockingEngine:
             asyncio.set_event_loop(loop)
             self._loop = loop
             ready.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            try:
+                loop.run_forever()
+            finally:
+                _drain(loop)
 
         self._thread = threading.Thread(target=run, name="syncengine-loop", daemon=True)
         self._thread.start()
@@ -207,6 +208,24 @@ class BlockingEngine:
                     return
         finally:
             self._loop.call_soon_threadsafe(unsubscribe) if self._loop else unsubscribe()
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still pending on a stopped loop, wait for them, and close it.
+
+    A task left pending when its loop closes is reported by asyncio as "Task was destroyed
+    but it is pending!" at exit; cancelling and awaiting each one ends it cleanly.
+    """
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
 
 
 def _inherit_docs() -> None:

@@ -63,7 +63,7 @@ from syncengine.local.account import engine_options
 from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
 from syncengine.logs import RedactingFilter, install_redaction
 from syncengine.models import ConnectionState
-from syncengine.paths import token_path
+from syncengine.paths import cli_command, token_path
 from syncengine.store import Store
 
 __all__ = [
@@ -185,7 +185,31 @@ def setup_logging(level: str = "info", stream: IO[str] | None = None) -> logging
     if level.lower() != "debug":
         for name in ("httpx", "httpcore", "websockets", "stamina", "apscheduler"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    install_retry_logging()
     return handler
+
+
+def install_retry_logging() -> None:
+    """Log each scheduled retry at INFO with its reason and delay (stamina's instrumentation).
+
+    stamina's default hook logs ``stamina.retry_scheduled`` as a WARNING without the cause; a
+    retry is the engine working as designed (the server is away, work stays queued), so it
+    is replaced by one INFO line in the daemon's words.
+    """
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks([_log_retry])
+
+
+def _log_retry(details: Any) -> None:
+    """One INFO line for a retry stamina scheduled: attempt, delay, reason."""
+    log.info(
+        "retrying in %.1f s (attempt %d): %s",
+        details.wait_for,
+        details.retry_num,
+        _one_line(details.caused_by),
+        extra={"retry_in_s": round(details.wait_for, 3), "attempt": details.retry_num},
+    )
 
 
 @attrs.define(kw_only=True)
@@ -260,7 +284,10 @@ class Daemon:
         try:
             if not db.exists():
                 # Nothing to sync, and no reason to leave a lock file where no store is.
-                raise NotLoggedIn(f"not logged in: no store at {db}; run 'syncengine login' first")
+                raise NotLoggedIn(
+                    f"not logged in: no store at {db}; run "
+                    f"'{cli_command(db, 'login', 'SERVER_URL', 'USER')}' first"
+                )
             # Signals are handled from the first moment: a SIGTERM during start-up (opening
             # and checking the store can take a while) must still end in a clean exit 0.
             with self._signal_handlers():
@@ -379,8 +406,15 @@ class Daemon:
         # The engine names why its loop stopped with a typed error; its wording is for people.
         failure = engine.failure
         if isinstance(failure, AuthFailed):
+            account = _account_of(self.config.db_path)
+            hint = cli_command(
+                self.config.db_path,
+                "login",
+                account.get("server") or "SERVER_URL",
+                account.get("user") or "USER",
+            )
             log.error(
-                "the server refused the credentials: run 'syncengine login'; the daemon "
+                f"the server refused the credentials: run '{hint}'; the daemon "
                 "resumes by itself when the token changes"
             )
             return
@@ -474,15 +508,23 @@ class Daemon:
             self._restarting = False
 
 
+def _account_of(db: Path) -> dict[str, str | None]:
+    """The store's account for a hint (empty when it cannot be read)."""
+    try:
+        with Store(db) as store:
+            return dict(store.account())
+    except (SyncEngineError, OSError):
+        return {}
+
+
 def _require_account(db: Path, account: dict[str, str | None]) -> None:
     """Raise NotLoggedIn unless the store has an account and a token (the daemon's wording)."""
     if not account.get("user") or not account.get("server"):
-        raise NotLoggedIn(f"not logged in: run 'syncengine --db {db} login SERVER_URL USER' first")
+        hint = cli_command(db, "login", "SERVER_URL", "USER")
+        raise NotLoggedIn(f"not logged in: run '{hint}' first")
     if _token_signature(token_path(db)) is None:
-        raise NotLoggedIn(
-            f"no token for {account['user']} (logged out): run 'syncengine --db {db} login "
-            f"{account['server']} {account['user']}' first"
-        )
+        hint = cli_command(db, "login", account["server"] or "", account["user"] or "")
+        raise NotLoggedIn(f"no token for {account['user']} (logged out): run '{hint}' first")
 
 
 def _one_line(exc: BaseException) -> str:

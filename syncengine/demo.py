@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -479,12 +480,38 @@ def run_demo(
         as_json: print the result as one JSON document on stdout; the story and the verdict
             go to stderr as plain lines.
     """
-    from syncengine.server.config import ServerConfig
-    from syncengine.server.testing import ServerThread
-
     if interactive is None:
         interactive = sys.stdout.isatty() and not as_json
     workdir = Path(tempfile.mkdtemp(prefix="syncengine-demo-"))
+    # The temporary folder holds both stores, their tokens and the server's database: it is
+    # removed on every way out (unless --keep): success, failure, Ctrl-C, and a closed pipe
+    # (``syncengine demo | head -3``).
+    try:
+        return _run_in(workdir, n_messages, keep, seed, interactive, as_json)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE: the reader went away, as a shell reports it
+    finally:
+        if keep:
+            shutil.rmtree(workdir / "server", ignore_errors=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _run_in(
+    workdir: Path, n_messages: int, keep: bool, seed: int | None, interactive: bool, as_json: bool
+) -> int:
+    from syncengine.server.config import ServerConfig
+    from syncengine.server.testing import ServerThread
+
     config = ServerConfig(
         data_dir=workdir / "server",
         host="127.0.0.1",
@@ -495,28 +522,27 @@ def run_demo(
     )
     result: DemoResult | None = None
     error: str | None = None
+    interrupted = False
     with _quiet_logs():
         server = ServerThread(config).start()
-        view: _PlainView = (
-            _RichView() if interactive else _PlainView(sys.stderr if as_json else None)
-        )
-        demo = _Demo(workdir=workdir, server_url=server.url, view=view, rng=random.Random(seed))
         try:
-            result = asyncio.run(_main(demo, server, n_messages))
-        except _DemoFailed as exc:
-            error = str(exc)
-        except KeyboardInterrupt:
-            error = "interrupted"
+            view: _PlainView = (
+                _RichView() if interactive else _PlainView(sys.stderr if as_json else None)
+            )
+            demo = _Demo(workdir=workdir, server_url=server.url, view=view, rng=random.Random(seed))
+            try:
+                result = asyncio.run(_main(demo, server, n_messages))
+            except _DemoFailed as exc:
+                error = str(exc)
+            except KeyboardInterrupt:
+                error = "interrupted"
+                interrupted = True
+            finally:
+                view.close()
         finally:
-            view.close()
             server.stop()
-    try:
-        return _report(result, error, keep=keep, as_json=as_json)
-    finally:
-        if keep:
-            shutil.rmtree(workdir / "server", ignore_errors=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    code = _report(result, error, keep=keep, as_json=as_json)
+    return 130 if interrupted else code
 
 
 def _report(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["default_db_path", "lock_path", "token_path"]
+__all__ = ["cli_command", "default_db_path", "lock_path", "platform_db_path", "token_path"]
+
+
+def platform_db_path() -> Path:
+    """``<user data dir>/syncengine/syncengine.db``: the store when neither --db nor
+    SYNCENGINE_DB names one."""
+    return Path(platformdirs.user_data_dir("syncengine", appauthor=False)) / "syncengine.db"
 
 
 def default_db_path() -> Path:
@@ -15,7 +22,28 @@ def default_db_path() -> Path:
     env = os.environ.get("SYNCENGINE_DB")
     if env:
         return Path(env)
-    return Path(platformdirs.user_data_dir("syncengine", appauthor=False)) / "syncengine.db"
+    return platform_db_path()
+
+
+def cli_command(db: str | os.PathLike[str] | None, *args: str) -> str:
+    """A ``syncengine`` command line for a hint, that works when pasted into a shell.
+
+    It carries ``--db`` unless ``db`` is the platform's default store (an exported
+    SYNCENGINE_DB is not assumed: the hint may be pasted in another shell). Placeholders in
+    capitals (``SERVER_URL``) are left as they are.
+    """
+    words = ["syncengine"]
+    if db is not None and not _same_file(Path(db), platform_db_path()):
+        words += ["--db", str(db)]
+    words += list(args)
+    return shlex.join(words)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def token_path(db_path: str | os.PathLike[str]) -> Path:

@@ -307,7 +307,7 @@ def test_human_output_is_a_table(alice: Path) -> None:
     convs = invoke("--db", str(alice), "conversations").stdout
     assert cid in convs and "Plans" in convs  # ids are never truncated
     status = invoke("--db", str(alice), "status").stdout
-    assert "1 conversations" in status and "not running" in status
+    assert "1 conversation," in status and "not running" in status
 
 
 def test_no_color_is_honoured(alice: Path) -> None:
@@ -392,7 +392,7 @@ def test_a_damaged_store_is_one_line_and_untouched(tmp_path: Path) -> None:
 def test_commands_need_a_login(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     Store(db).close()
-    assert_user_error(invoke("--db", str(db), "create", "t"), "log in")
+    assert_user_error(invoke("--db", str(db), "create", "t"), "not logged in: run")
     assert_user_error(invoke("--db", str(db), "sync"), "not logged in")
 
 

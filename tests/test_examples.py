@@ -1,4 +1,10 @@
-"""Every example runs against a real reference server, as a user would run it."""
+"""Every example runs as its docstring says, right after the quickstart, on the same server.
+
+The module's server gets the quickstart first (alice with ``alice-secret``, bob with
+``bob-secret``, logged in through the real CLI); then each example runs as a subprocess with
+the password the way its docstring gives it (SYNCENGINE_PASSWORD, or stdin). Engine errors
+are one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +36,31 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with ServerThread(
         ServerConfig(data_dir=tmp_path_factory.mktemp("srv"), **TEST_DEFAULTS)
     ) as server:
+        quickstart(tmp_path_factory.mktemp("quickstart"), server.url)
         yield server
 
 
-def start(script: str, *args: str, cwd: Path, server: Any) -> subprocess.Popen[str]:
+def quickstart(cwd: Path, url: str) -> None:
+    """The quickstart's logins, through the real CLI: alice and bob with their passwords."""
+    for user in ("alice", "bob"):
+        done = subprocess.run(
+            [sys.executable, "-m", "syncengine.cli", "--db", f"{user}.db", "login", url, user],
+            cwd=cwd,
+            env={**os.environ, "SYNCENGINE_PASSWORD": f"{user}-secret"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def start(
+    script: str, *args: str, cwd: Path, server: Any, password: str | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "SYNCENGINE_SERVER": server.url, "PYTHONUNBUFFERED": "1"}
+    env.pop("SYNCENGINE_PASSWORD", None)
+    if password is not None:
+        env["SYNCENGINE_PASSWORD"] = password
     return subprocess.Popen(
         [sys.executable, str(EXAMPLES / script), *args],
         cwd=cwd,
@@ -75,22 +101,44 @@ def send_line(proc: subprocess.Popen[str], line: str) -> None:
 
 
 def test_chat_two_terminals(tmp_path: Path, srv: Any) -> None:
-    alice = start("chat.py", "--user", "alice", "--with", "bob", cwd=tmp_path, server=srv)
+    alice = start(
+        "chat.py",
+        "--user",
+        "alice",
+        "--with",
+        "bob",
+        cwd=tmp_path,
+        server=srv,
+        password="alice-secret",
+    )
     try:
         assert alice.stdout is not None
         read_until(alice.stdout, "chatting with bob")
-        bob = start("chat.py", "--user", "bob", "--with", "alice", cwd=tmp_path, server=srv)
+        bob = start(
+            "chat.py",
+            "--user",
+            "bob",
+            "--with",
+            "alice",
+            cwd=tmp_path,
+            server=srv,
+            password="bob-secret",
+        )
         try:
             assert bob.stdout is not None
             read_until(bob.stdout, "chatting with alice")
             send_line(alice, "hello bob")
             read_until(bob.stdout, "[alice] hello bob")
+            # Your own message is shown once (when typed), not again when it comes back.
+            seen = read_until(alice.stdout, "delivered")
             send_line(alice, "")  # an empty line means "typing"
             read_until(bob.stdout, "alice is typing")
             send_line(bob, "hi alice")
-            read_until(alice.stdout, "[bob] hi alice")
+            seen += read_until(alice.stdout, "[bob] hi alice")
+            assert sum("hello bob" in line for line in seen) == 1, seen
             send_line(bob, "/quit")
             assert bob.wait(20) == 0
+            assert bob.stderr is not None and "Task was destroyed" not in bob.stderr.read()
         finally:
             bob.kill()
         send_line(alice, "/quit")
@@ -100,7 +148,16 @@ def test_chat_two_terminals(tmp_path: Path, srv: Any) -> None:
 
 
 def test_echo_bot_answers(tmp_path: Path, srv: Any) -> None:
-    bot = start("echo_bot.py", "--user", "echobot", "--max-replies", "1", cwd=tmp_path, server=srv)
+    bot = start(
+        "echo_bot.py",
+        "--user",
+        "echobot",
+        "--max-replies",
+        "1",
+        cwd=tmp_path,
+        server=srv,
+        password="echobot-secret",
+    )
     try:
         assert bot.stdout is not None
         read_until(bot.stdout, "is listening")
@@ -121,23 +178,81 @@ def test_echo_bot_answers(tmp_path: Path, srv: Any) -> None:
 
 
 def test_blocking_script(tmp_path: Path, srv: Any) -> None:
-    proc = start("blocking_script.py", "--to", "alice", "build passed", cwd=tmp_path, server=srv)
+    proc = start(
+        "blocking_script.py",
+        "--user",
+        "alice",
+        "--to",
+        "bob",
+        "build passed",
+        cwd=tmp_path,
+        server=srv,
+        password="alice-secret",
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "reporter: build passed" in out
+    assert "alice: build passed" in out
+    assert err == "", err  # no "Task was destroyed but it is pending!" at exit
+
+
+def test_blocking_script_password_on_stdin(tmp_path: Path, srv: Any) -> None:
+    proc = start(
+        "blocking_script.py",
+        "--user",
+        "bob",
+        "--to",
+        "alice",
+        "from stdin",
+        cwd=tmp_path,
+        server=srv,
+    )
+    out, err = proc.communicate("bob-secret\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert "bob: from stdin" in out
+    assert err == "", err
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("blocking_script.py", ("--user", "alice", "--to", "bob", "x")),
+        ("chat.py", ("--user", "alice", "--with", "bob")),
+        ("echo_bot.py", ("--user", "alice")),
+        ("status_monitor.py", ("--user", "alice", "--duration", "1")),
+    ],
+)
+def test_engine_error_is_one_line(
+    tmp_path: Path, srv: Any, script: str, args: tuple[str, ...]
+) -> None:
+    """A wrong password (the old examples assumed ``secret``) is one line, exit 1."""
+    proc = start(script, *args, cwd=tmp_path, server=srv, password="secret")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+
+
+def test_examples_say_how_to_run_after_the_quickstart() -> None:
+    """The docstrings name the venv's python and the quickstart's users, not a bare python."""
+    for script in ("blocking_script.py", "chat.py", "echo_bot.py", "status_monitor.py"):
+        doc = (EXAMPLES / script).read_text(encoding="utf-8").split('"""')[1]
+        assert f".venv/bin/python examples/{script}" in doc, script
+        assert "python examples/" not in doc.replace(".venv/bin/python examples/", ""), script
 
 
 def test_status_monitor(tmp_path: Path, srv: Any) -> None:
     proc = start(
         "status_monitor.py",
         "--user",
-        "monitor",
+        "alice",
         "--every",
         "0.3",
         "--duration",
         "1.5",
         cwd=tmp_path,
         server=srv,
+        password="alice-secret",
     )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

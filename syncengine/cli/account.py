@@ -10,7 +10,7 @@ import click
 
 from syncengine.cli.context import run, state
 from syncengine.cli.render import console, emit_json
-from syncengine.clickutil import OneLineCommand
+from syncengine.clickutil import OneLineCommand, OneLineUsageError
 from syncengine.errors import UsageError
 
 __all__ = ["login", "logout"]
@@ -20,21 +20,58 @@ def _read_password() -> str:
     """``SYNCENGINE_PASSWORD``, else a hidden prompt on a terminal, else stdin's first line."""
     env = os.environ.get("SYNCENGINE_PASSWORD")
     if env:
+        _check_utf8(env, "SYNCENGINE_PASSWORD")
         return env
     stdin = sys.stdin
     if stdin.isatty():
-        return str(click.prompt("Password", hide_input=True, err=True))
-    line = stdin.readline()
+        try:
+            return str(click.prompt("Password", hide_input=True, err=True))
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None  # Ctrl-C (or Ctrl-D) at the prompt
+    try:
+        line = stdin.readline()
+    except UnicodeDecodeError:
+        raise OneLineUsageError("the password on stdin is not valid UTF-8") from None
     password = line.rstrip("\r\n")
     if not password:
         raise UsageError(
             "no password: type it at the prompt, pipe it on stdin, or set SYNCENGINE_PASSWORD"
         )
+    _check_utf8(password, "the password")
     return password
 
 
-@click.command(cls=OneLineCommand)
-@click.argument("server_url")
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OneLineUsageError(f"{what} is not valid UTF-8") from None
+
+
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The server URL, stripped; a malformed one is a usage error (exit 2) before any I/O."""
+    from urllib.parse import urlsplit
+
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port out of range or not a number
+        host = parts.hostname
+    except ValueError as exc:
+        raise click.BadParameter(f"{url!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise click.BadParameter(
+            f"{url!r}: expected http(s)://HOST[:PORT], e.g. http://127.0.0.1:8765"
+        )
+    if port == 0:
+        raise click.BadParameter(f"{url!r}: port 0 is not a port to connect to")
+    if parts.query or parts.fragment:
+        raise click.BadParameter(f"{url!r}: a server URL has no ?query or #fragment")
+    return url
+
+
+@click.command(cls=OneLineCommand, short_help="Log in to a server; keep the token.")
+@click.argument("server_url", callback=_server_url)
 @click.argument("user")
 @click.option("--device", default=None, help="This device's name [default: host name + suffix].")
 @click.option(

@@ -42,6 +42,11 @@ def cli(ctx: click.Context, db: Path | None, as_json: bool) -> None:
 def _register() -> None:
     from syncengine.server.cli import serve
 
+    serve.short_help = "Run the reference server."
+    for param in serve.params:  # the server's CLI is shared; its help is completed here
+        if isinstance(param, click.Option) and param.name == "log_level" and not param.help:
+            param.help = "Least severe log lines written."
+
     for command in (
         login,
         logout,

@@ -63,6 +63,36 @@ def console(*, stderr: bool = False) -> Any:
     return out
 
 
+def plural(n: int, word: str) -> str:
+    """``1 conversation``, ``2 conversations``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def is_tty() -> bool:
+    """Whether stdout is a terminal (rich's view: FORCE_COLOR and TTY_COMPATIBLE count)."""
+    return bool(console().is_terminal)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return " ".join(text.replace("\t", " ").splitlines()) if text else ""
+
+
+def emit_tsv(header: list[str], rows: list[list[Any]]) -> None:
+    """A table for a pipe: a header row, then one tab-separated line per row (as ``gh``)."""
+    lines = ["\t".join(header), *("\t".join(_cell(v) for v in row) for row in rows)]
+    click.echo("\n".join(lines))
+
+
+def show(table: Any, rows: tuple[list[str], list[list[Any]]]) -> None:
+    """A rich table on a terminal; tab-separated lines with a header row in a pipe."""
+    out = console()
+    if out.is_terminal:
+        out.print(table)
+    else:
+        emit_tsv(*rows)
+
+
 def emit_json(doc: Any) -> None:
     """Print one JSON document on stdout."""
     click.echo(json.dumps(doc, ensure_ascii=False))
@@ -217,8 +247,67 @@ def status_table(doc: dict[str, Any], db: Any) -> Any:
     failed = f"[red]{outbox['failed']} failed[/]" if outbox["failed"] else "0 failed"
     table.add_row("outbox", f"{outbox['pending']} pending, {outbox['sending']} sending, {failed}")
     table.add_row("oldest pending", fmt_age(doc["oldest_pending_age_s"]))
-    table.add_row("stored", f"{doc['conversations']} conversations, {doc['messages']} messages")
+    table.add_row("stored", stored_line(doc))
     return table
+
+
+def stored_line(doc: dict[str, Any]) -> str:
+    """``1 conversation, 2 messages``."""
+    return f"{plural(doc['conversations'], 'conversation')}, {plural(doc['messages'], 'message')}"
+
+
+def status_rows(doc: dict[str, Any], db: Any) -> tuple[list[str], list[list[Any]]]:
+    """The ``status`` document as ``field``/``value`` rows, for a pipe."""
+    outbox = doc["outbox"]
+    daemon = doc["daemon"]
+    rows: list[list[Any]] = [
+        ["state", doc["state"]],
+        ["account", f"{doc['user'] or '-'} on {doc['server'] or '-'}"],
+        ["store", db],
+        ["daemon", f"running (pid {daemon['pid']})" if daemon["running"] else "not running"],
+        ["cursor", doc["cursor"]],
+        ["last sync", fmt_time(doc["last_sync_at"])],
+        [
+            "outbox",
+            f"{outbox['pending']} pending, {outbox['sending']} sending, {outbox['failed']} failed",
+        ],
+        ["oldest pending", fmt_age(doc["oldest_pending_age_s"])],
+        ["stored", stored_line(doc)],
+    ]
+    return ["field", "value"], rows
+
+
+def conversations_rows(convs: list[Conversation]) -> tuple[list[str], list[list[Any]]]:
+    """Conversations as rows, for a pipe."""
+    rows = [
+        [c.id, c.title, ",".join(c.members), c.unread, "pending" if c.pending else ""]
+        for c in convs
+    ]
+    return ["id", "title", "members", "unread", "state"], rows
+
+
+def messages_rows(msgs: list[Message]) -> tuple[list[str], list[list[Any]]]:
+    """Messages as rows, for a pipe."""
+    rows = [
+        [
+            m.seq if m.seq is not None else "",
+            fmt_time(m.created_at),
+            m.sender,
+            "" if m.deleted else m.body,
+            m.state.value,
+        ]
+        for m in msgs
+    ]
+    return ["seq", "time", "sender", "message", "state"], rows
+
+
+def outbox_rows(items: list[OutboxItem]) -> tuple[list[str], list[list[Any]]]:
+    """Outbox items as rows, for a pipe."""
+    rows = [
+        [i.op_id, i.kind.value, i.state.value, i.attempts, fmt_time(i.created_at), i.last_error]
+        for i in items
+    ]
+    return ["op_id", "kind", "state", "attempts", "queued", "last_error"], rows
 
 
 def conversations_table(convs: list[Conversation]) -> Any:
@@ -281,8 +370,10 @@ def outbox_table(items: list[OutboxItem]) -> Any:
     return table
 
 
-def sync_line(doc: dict[str, Any]) -> str:
-    """One human line for the ``sync`` document."""
+def sync_line(doc: dict[str, Any], db: Any = None) -> str:
+    """One human line for the ``sync`` document (its hint carries ``--db`` when needed)."""
+    from syncengine.paths import cli_command
+
     if doc["daemon"]:
         line = f"Caught up (the daemon syncs this store): cursor {doc['cursor']}."
     else:
@@ -291,7 +382,8 @@ def sync_line(doc: dict[str, Any]) -> str:
             f"cursor {doc['cursor']}."
         )
     if doc["failed"]:
-        line += f" [red]{doc['failed']} failed[/]: see 'syncengine outbox --state failed'."
+        hint = cli_command(db, "outbox", "--state", "failed")
+        line += f" [red]{doc['failed']} failed[/]: see '{hint}'."
     return line
 
 
@@ -300,7 +392,7 @@ def human_event(doc: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S")
     name = doc.get("event", "?")
     if name == "message_received":
-        where = f"[{str(doc.get('conversation_id'))[-8:]}] #{doc.get('seq')}"
+        where = f"[{doc.get('conversation_id')}] #{doc.get('seq')}"
         return f"{stamp}  {where} {doc.get('sender')}: {doc.get('body')}"
     fields = " ".join(
         f"{k}={v}" for k, v in doc.items() if k != "event" and not isinstance(v, dict | list)

@@ -12,12 +12,13 @@ from syncengine.clickutil import OneLineCommand
 __all__ = ["daemon", "demo"]
 
 
-@click.command(cls=OneLineCommand)
+@click.command(cls=OneLineCommand, short_help="Sync the store in the foreground.")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
+    help="Least severe log lines written (JSON lines on stderr).",
 )
 @click.option(
     "--safety-pull",
@@ -58,7 +59,7 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     ctx.exit(run_daemon(config, early_signals=early))
 
 
-@click.command(cls=OneLineCommand)
+@click.command(cls=OneLineCommand, short_help="Two users chat, go offline, converge.")
 @click.option(
     "--messages",
     "n_messages",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["sync", "tail"]
 
 
-@click.command(cls=OneLineCommand)
+@click.command(cls=OneLineCommand, short_help="Push queued operations, pull until caught up.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -48,7 +48,7 @@ def sync(ctx: click.Context, timeout: float) -> None:
     if st.json:
         render.emit_json(doc)
     else:
-        render.console().print(render.sync_line(doc))
+        render.console().print(render.sync_line(doc, st.db))
 
 
 def _progress_bar() -> tuple[Any, Callable[[SyncProgress], None] | None]:
@@ -81,7 +81,7 @@ def _progress_bar() -> tuple[Any, Callable[[SyncProgress], None] | None]:
     return progress, update
 
 
-@click.command(cls=OneLineCommand)
+@click.command(cls=OneLineCommand, short_help="Print events as they are applied (Ctrl-C stops).")
 @click.option(
     "--count", type=click.IntRange(min=1), default=None, help="Stop after this many events."
 )
@@ -98,11 +98,19 @@ def tail(ctx: click.Context, count: int | None, timeout: float | None) -> None:
     Without a daemon, tail syncs the store itself (a live connection) and prints every event.
     While a daemon syncs the store, tail reads the store instead and prints new messages.
     """
-    from syncengine.local import open_store, require_login
+    from syncengine.local import daemon_info, open_store, require_login
 
     st = state(ctx)
     with open_store(st.db) as store:
         require_login(store, st.db)
+    running, pid = daemon_info(st.db)
+    if running:
+        who = f"a daemon (pid {pid})" if pid else "another process"
+        click.echo(
+            f"{who} syncs this store: showing new messages only (without a daemon, tail "
+            "shows every event)",
+            err=True,
+        )
     printer = render.EventPrinter(as_json=st.json)
     try:
         run(_print_events(st.db, printer, count, timeout))

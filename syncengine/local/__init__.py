@@ -20,10 +20,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from syncengine.local.account import engine_options, open_store, require_login, require_store
+    from syncengine.local.account import (
+        engine_options,
+        login_hint,
+        open_store,
+        require_account,
+        require_login,
+        require_store,
+        require_writable,
+    )
     from syncengine.local.ack import check_acknowledged, wait_acknowledged
     from syncengine.local.credentials import login, logout
     from syncengine.local.follow import poll_messages, tail
+    from syncengine.local.ids import resolve_conversation, resolve_operations
     from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
     from syncengine.local.status import StoreStatus, effective_state, store_status
     from syncengine.local.sync import (
@@ -48,6 +57,7 @@ __all__ = [
     "effective_state",
     "engine_options",
     "login",
+    "login_hint",
     "logout",
     "offline_engine",
     "open_store",
@@ -56,8 +66,12 @@ __all__ = [
     "queue_conversation",
     "queue_send",
     "requeue",
+    "require_account",
     "require_login",
     "require_store",
+    "require_writable",
+    "resolve_conversation",
+    "resolve_operations",
     "server_head",
     "store_status",
     "sync_here",
@@ -81,6 +95,7 @@ _WHERE: dict[str, str] = {
     "effective_state": "syncengine.local.status",
     "engine_options": "syncengine.local.account",
     "login": "syncengine.local.credentials",
+    "login_hint": "syncengine.local.account",
     "logout": "syncengine.local.credentials",
     "offline_engine": "syncengine.local.writes",
     "open_store": "syncengine.local.account",
@@ -89,7 +104,11 @@ _WHERE: dict[str, str] = {
     "queue_conversation": "syncengine.local.writes",
     "queue_send": "syncengine.local.writes",
     "requeue": "syncengine.local.writes",
+    "resolve_conversation": "syncengine.local.ids",
+    "resolve_operations": "syncengine.local.ids",
+    "require_account": "syncengine.local.account",
     "require_login": "syncengine.local.account",
+    "require_writable": "syncengine.local.account",
     "require_store": "syncengine.local.account",
     "server_head": "syncengine.local.sync",
     "store_status": "syncengine.local.status",

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from syncengine.errors import NotLoggedIn
-from syncengine.paths import token_path
+from syncengine.errors import NotLoggedIn, StoreError
+from syncengine.paths import cli_command, token_path
 from syncengine.store import Store
 
-__all__ = ["engine_options", "open_store", "require_login", "require_store"]
+__all__ = [
+    "engine_options",
+    "login_hint",
+    "open_store",
+    "require_account",
+    "require_login",
+    "require_store",
+    "require_writable",
+]
+
+
+def login_hint(
+    db: str | os.PathLike[str], server: str | None = None, user: str | None = None
+) -> str:
+    """The ``login`` command for this store, ready to paste (``--db`` included when needed)."""
+    return cli_command(db, "login", server or "SERVER_URL", user or "USER")
 
 
 def require_store(db: str | os.PathLike[str]) -> None:
@@ -20,7 +36,38 @@ def require_store(db: str | os.PathLike[str]) -> None:
         NotLoggedIn: there is no store at ``db``.
     """
     if not Path(db).exists():
-        raise NotLoggedIn(f"no store at {db}: run 'syncengine login SERVER_URL USER' first")
+        raise NotLoggedIn(f"not logged in (no store at {db}): run '{login_hint(db)}'")
+
+
+def require_writable(db: str | os.PathLike[str]) -> None:
+    """Refuse to write to a store its owner made read-only (no ``u+w`` bit, or no access).
+
+    The mode bits are read rather than trusted to the kernel: root writes through 0444.
+
+    Raises:
+        StoreError: the store is read-only.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(db).st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & stat.S_IWUSR or not os.access(db, os.W_OK):
+        raise StoreError(
+            f"{db} is read-only (mode {mode:04o}): read commands work, writes are refused; "
+            f"'chmod u+w {db}' allows them"
+        )
+
+
+def require_account(store: Store, db: str | os.PathLike[str]) -> dict[str, str | None]:
+    """The store's account, which must have been recorded by a successful login.
+
+    Raises:
+        NotLoggedIn: no login ever succeeded with this store.
+    """
+    account: dict[str, str | None] = store.account()
+    if not account.get("user") or not account.get("server"):
+        raise NotLoggedIn(f"not logged in: run '{login_hint(db)}'")
+    return account
 
 
 def open_store(db: str | os.PathLike[str]) -> Store:
@@ -40,13 +87,11 @@ def require_login(store: Store, db: str | os.PathLike[str]) -> dict[str, str | N
     Raises:
         NotLoggedIn: no account was ever recorded, or the token was removed (logout).
     """
-    account: dict[str, str | None] = store.account()
-    if not account.get("user") or not account.get("server"):
-        raise NotLoggedIn(f"{db} is not logged in: run 'syncengine login SERVER_URL USER' first")
+    account = require_account(store, db)
     if not token_path(db).exists():
         raise NotLoggedIn(
-            f"{account['user']} is logged out of {db}: run 'syncengine login "
-            f"{account['server']} {account['user']}'"
+            f"{account['user']} is logged out of {db}: run "
+            f"'{login_hint(db, account['server'], account['user'])}'"
         )
     return account
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 
 from syncengine import SyncEngine
 from syncengine.events import Event
-from syncengine.local.account import engine_options
+from syncengine.local.account import engine_options, require_writable
 from syncengine.local.lock import StoreLock
 from syncengine.models import Message
 from syncengine.store import Store
@@ -31,11 +31,12 @@ async def tail(db: str | os.PathLike[str]) -> AsyncGenerator[Event | Message, No
     The store's lock, when taken here, is released when the iterator is closed.
     """
     lock = StoreLock(db)
-    if not lock.try_acquire():
+    if not lock.try_acquire():  # a daemon syncs the store: read what it writes
         async for message in poll_messages(db):
             yield message
         return
     try:
+        require_writable(db)  # syncing here writes the store
         with Store(db) as store:
             options = engine_options(store)
         async with SyncEngine(db, **options) as engine:

@@ -6,7 +6,7 @@ import os
 
 import attrs
 
-from syncengine.local.account import open_store
+from syncengine.local.account import open_store, require_account
 from syncengine.local.lock import daemon_info
 from syncengine.models import ConnectionState, SyncHealth
 
@@ -54,13 +54,13 @@ def store_status(db: str | os.PathLike[str]) -> StoreStatus:
     """Read a store's status (it must exist; nothing is created or written).
 
     Raises:
-        NotLoggedIn: there is no store at ``db``.
+        NotLoggedIn: there is no store at ``db``, or no login ever succeeded with it.
         StoreCorrupt, SchemaTooNew: the file cannot be used.
     """
     store = open_store(db)
     try:
+        account = require_account(store, db)
         health = store.health()
-        account = store.account()
     finally:
         store.close()
     running, pid = daemon_info(db)

@@ -29,7 +29,12 @@ from syncengine.errors import (
     TransportError,
 )
 from syncengine.events import SyncCompleted
-from syncengine.local.account import engine_options, open_store, require_login
+from syncengine.local.account import (
+    engine_options,
+    open_store,
+    require_login,
+    require_writable,
+)
 from syncengine.local.lock import StoreLock
 from syncengine.models import ConnectionState
 from syncengine.store import Store
@@ -100,6 +105,7 @@ async def sync_store(
     """
     with open_store(db) as store:
         require_login(store, db)
+    require_writable(db)
     lock = StoreLock(db)
     try:
         lock.acquire(timeout=0)

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from syncengine import SyncEngine
-from syncengine.local.account import require_store
+from syncengine.local.account import require_account, require_store, require_writable
 from syncengine.models import Conversation, Message
+from syncengine.store import Store
 
 __all__ = ["offline_engine", "queue_conversation", "queue_send", "requeue"]
 
@@ -27,9 +28,13 @@ async def offline_engine(db: str | os.PathLike[str], **options: Any) -> AsyncIte
     that syncs the store.
 
     Raises:
-        NotLoggedIn: there is no store at ``db``.
+        NotLoggedIn: there is no store at ``db``, or no login ever succeeded with it.
+        StoreError: the store is read-only.
     """
     require_store(db)
+    require_writable(db)
+    with Store(db) as store:
+        require_account(store, db)
     async with SyncEngine(db, connect=False, **options) as engine:
         yield engine
 

@@ -13,6 +13,7 @@ This module imports neither httpx nor websockets: ``rest.py`` and ``live.py`` pa
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
@@ -26,7 +27,15 @@ from syncengine.errors import (
     UsageError,
 )
 
-__all__ = ["encode_json", "is_tls_failure", "leaf_exception", "map_exceptions", "raise_mapped"]
+__all__ = [
+    "encode_json",
+    "explain",
+    "is_tls_failure",
+    "leaf_exception",
+    "map_exceptions",
+    "network_cause",
+    "raise_mapped",
+]
 
 #: A mapping rule: the foreign exception types it covers, and how to build our error.
 Rule = tuple[tuple[type[BaseException], ...], Callable[[BaseException], Exception]]
@@ -48,6 +57,62 @@ def is_tls_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from (and the first leaf of any group), 20 deep."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            return
+        yield seen
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]
+            continue
+        seen = seen.__cause__ or seen.__context__
+
+
+def network_cause(exc: BaseException) -> str:
+    """Why a connection failed, in the user's words: refused, TLS, DNS, timeout, cut.
+
+    httpx and websockets report most of these as one ``ConnectError``; the operating system's
+    error underneath (found by walking the cause chain) tells them apart.
+    """
+    texts = []
+    for link in _chain(exc):
+        text = str(link)
+        texts.append(text.lower())
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused (is the server running, on that host and port?)"
+        if isinstance(link, socket.gaierror):
+            return "host name not found (DNS lookup failed: check the host in the URL)"
+        if isinstance(link, ssl.SSLError):
+            return (
+                "TLS handshake failed (does the server speak https? a plain-http server "
+                "needs an http:// URL)"
+            )
+        if isinstance(link, TimeoutError) or type(link).__name__.endswith("Timeout"):
+            return "timed out (the server did not answer in time)"
+        if isinstance(link, ConnectionResetError | BrokenPipeError | EOFError):
+            return "the connection was cut by the server or the network"
+    joined = " ".join(texts)
+    if "refused" in joined or "errno 111" in joined:
+        return "connection refused (is the server running, on that host and port?)"
+    if "name or service not known" in joined or "nodename nor servname" in joined:
+        return "host name not found (DNS lookup failed: check the host in the URL)"
+    if "ssl" in joined or "tls" in joined or "wrong_version_number" in joined:
+        return (
+            "TLS handshake failed (does the server speak https? a plain-http server needs "
+            "an http:// URL)"
+        )
+    if "disconnected" in joined or "reset" in joined:
+        return "the connection was cut by the server or the network"
+    return type(leaf_exception(exc)).__name__
+
+
+def explain(exc: BaseException) -> str:
+    """One line for an exception: its message on one line, else its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
@@ -78,7 +143,7 @@ def raise_mapped(exc: BaseException, where: str, rules: tuple[Rule, ...] = ()) -
         raise UsageError(f"unusable request to {where}: {leaf}") from exc
     if isinstance(leaf, OSError | EOFError):
         # OSError covers refused and reset connections, DNS failures and ssl.SSLError.
-        raise ServerUnavailable(f"cannot reach {where}: {type(leaf).__name__}") from exc
+        raise ServerUnavailable(f"cannot reach {where}: {network_cause(exc)}") from exc
     raise exc
 
 

@@ -24,13 +24,14 @@ from syncengine.core.policy import RetryAfterGate, error_for_status, retry_after
 from syncengine.errors import (
     AuthFailed,
     RateLimited,
+    Rejected,
     ServerUnavailable,
     SyncEngineError,
     UsageError,
     WireError,
 )
 from syncengine.transport.base import LiveLink, check_url
-from syncengine.transport.boundary import Rule, encode_json, map_exceptions
+from syncengine.transport.boundary import Rule, encode_json, map_exceptions, network_cause
 from syncengine.transport.snapshots import (
     ConversationList,
     PresenceSnapshot,
@@ -73,7 +74,7 @@ def error_from_response(resp: httpx.Response) -> SyncEngineError:
 
 def _unreachable(base_url: str) -> Rule:
     def build(exc: BaseException) -> Exception:
-        return ServerUnavailable(f"cannot reach {base_url}: {type(exc).__name__}")
+        return ServerUnavailable(f"cannot reach {base_url}: {network_cause(exc)}")
 
     return ((httpx.HTTPError,), build)
 
@@ -218,11 +219,27 @@ class RestTransport:
 
     async def login(self, user: str, password: str, device: str) -> str:
         """``POST /v1/login``; returns the token (not stored here)."""
-        body = _json_object(
-            await self._request(
+        try:
+            answer = await self._request(
                 "POST", "/v1/login", json={"user": user, "password": password, "device": device}
             )
-        )
+        except Rejected as exc:
+            if exc.status != 404:
+                raise
+            # A 404 on the login endpoint: the URL does not point at a syncengine server's
+            # root (most often it ends in /v1, which every request path already carries).
+            base = self.base_url.rstrip("/")
+            hint = (
+                f"; drop the trailing /v1: {base.removesuffix('/v1')}"
+                if base.endswith("/v1")
+                else "; give the server's root URL"
+            )
+            raise Rejected(
+                exc.code,
+                f"no syncengine login at {base}/v1/login (404){hint}",
+                status=exc.status,
+            ) from exc
+        body = _json_object(answer)
         token = body.get("token")
         if not isinstance(token, str) or not token:
             raise WireError("login response without a token", field="token")

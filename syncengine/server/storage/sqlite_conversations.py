@@ -194,8 +194,7 @@ class ConversationTx(ConversationReads):
             "DELETE FROM members WHERE conversation_id = ? AND user = ?", (conversation_id, user)
         )
         self.conn.execute(
-            "UPDATE spans SET to_pos = ? WHERE conversation_id = ? AND user = ?"
-            " AND to_pos IS NULL",
+            "UPDATE spans SET to_pos = ? WHERE conversation_id = ? AND user = ? AND to_pos IS NULL",
             (to_pos, conversation_id, user),
         )
 
