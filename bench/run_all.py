@@ -37,6 +37,7 @@ SCRIPTS = (
     "bench_memory.py",
     "bench_server.py",
     "bench_scaleout.py",
+    "bench_matrix_catchup.py",
 )
 TIMEOUT_S = 120.0
 SMOKE_TIMEOUT_S = 30.0

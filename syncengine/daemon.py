@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -64,7 +63,9 @@ from syncengine.local.lock import LOCK_WAIT_S, StoreLock, daemon_info, pid_path
 from syncengine.logs import RedactingFilter, install_redaction
 from syncengine.models import ConnectionState
 from syncengine.paths import cli_command, token_path
+from syncengine.sdnotify import notify
 from syncengine.store import Store
+from syncengine.store.store import quick_check
 
 __all__ = [
     "EXIT_CODES",
@@ -120,30 +121,6 @@ def _failure_line(exc: BaseException) -> str:
         if isinstance(exc, kind):
             return line.format(_one_line(exc))
     return _one_line(exc)
-
-
-def notify(message: str, *, environ: dict[str, str] | None = None) -> bool:
-    """Send a systemd notification (``READY=1``, ``STOPPING=1``, ``STATUS=...``).
-
-    Implemented with the socket module (the protocol is one datagram on the unix socket
-    named by ``NOTIFY_SOCKET``; a leading ``@`` means the abstract namespace).
-
-    Returns:
-        True when a notification was sent, False when no manager listens.
-    """
-    env = os.environ if environ is None else environ
-    address = env.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError as exc:
-        log.warning("could not notify the service manager: %s", exc)
-        return False
-    return True
 
 
 class _JsonFormatter(logging.Formatter):
@@ -363,7 +340,7 @@ class Daemon:
             # checks every b-tree, which is where a torn write or a bad disk shows, but
             # skips matching each index against its table, which took 0.2 s at 200,000
             # messages and grows with the store (docs/store.md).
-            result = store.integrity_check(quick=True)
+            result = quick_check(store)
             if result != "ok":
                 raise StoreCorrupt(
                     f"the database file is damaged: {db} ({result.splitlines()[0]})", path=str(db)

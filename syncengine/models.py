@@ -59,6 +59,9 @@ class OpKind(enum.StrEnum):
     DELETE = "delete"
     MARK_READ = "mark_read"
     CREATE_CONVERSATION = "create_conversation"
+    REACT = "react"
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
 
 
 class OutboxState(enum.StrEnum):
@@ -128,6 +131,11 @@ class Message:
         created_at: server time when stored by the server, local time while pending.
         edited_at: server time of the last edit applied, if any.
         deleted: True once a delete has been applied.
+        reply_to: the id of the message this one replies to (a server id; while both are
+            local echoes, the op id of the replied-to send), or None.
+        reactions: per emoji, the users who reacted with it, sorted.
+        read_by: for one's own sent messages, the other users whose read receipt reached
+            it, sorted (empty otherwise).
     """
 
     conversation_id: str
@@ -140,6 +148,9 @@ class Message:
     created_at: float
     edited_at: float | None = None
     deleted: bool = False
+    reply_to: str | None = None
+    reactions: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    read_by: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -214,7 +225,7 @@ class SyncHealth:
         sending: outbox items pushed but not yet acknowledged.
         failed: outbox items the server refused permanently.
         oldest_pending_age_s: age of the oldest pending or sending item, in seconds.
-        cursor: the persisted stream position.
+        cursor: the persisted stream position (an opaque token on a Matrix homeserver).
         last_sync_at: when a catch-up last reached the end of the stream.
         open_gaps: conversations with a detected seq gap not yet filled.
         conversations: number of conversations stored.
@@ -226,7 +237,7 @@ class SyncHealth:
     sending: int
     failed: int
     oldest_pending_age_s: float | None
-    cursor: int
+    cursor: int | str
     last_sync_at: float | None
     open_gaps: int
     conversations: int

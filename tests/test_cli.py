@@ -45,7 +45,21 @@ STATUS_KEYS = {
     "daemon",
 }
 CONVERSATION_KEYS = {"id", "title", "members", "unread"}
-MESSAGE_KEYS = {"id", "op_id", "conversation_id", "seq", "sender", "body", "state", "created_at"}
+MESSAGE_KEYS = {
+    "id",
+    "op_id",
+    "conversation_id",
+    "seq",
+    "sender",
+    "body",
+    "state",
+    "created_at",
+    "edited",
+    "deleted",
+    "reply_to",
+    "reactions",
+    "read_by",
+}
 OUTBOX_KEYS = {"op_id", "kind", "conversation_id", "state", "attempts", "last_error", "created_at"}
 SYNC_KEYS = {"pushed", "pulled", "cursor", "pending", "failed", "daemon"}
 
@@ -157,7 +171,7 @@ def test_login_stores_the_account_and_a_private_token(tmp_path: Path, srv: Serve
             "--db", str(db), "--json", "login", srv.url, "carol", "--device", "lap", input="pw\n"
         )
     )
-    assert doc == {"server": srv.url, "user": "carol", "device": "lap"}
+    assert doc == {"server": srv.url, "user": "carol", "device": "lap", "protocol": "v1"}
     token = token_path(db)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     secret = json.loads(token.read_text())["token"]

@@ -20,12 +20,18 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 #: The JSON keys each command prints with --json: the product's interface.
 JSON_KEYS: dict[str, set[str]] = {
-    "login": {"server", "user", "device"},
+    "login": {"server", "user", "device", "protocol"},
     "logout": {"logged_out", "had_token"},
     "status": STATUS_KEYS | {"pending", "sending", "failed", "running", "pid"},
     "conversations": CONVERSATION_KEYS,
     "create": {"id"},
     "send": {"op_id"},
+    "edit": {"op_id"},
+    "delete": {"op_id"},
+    "read": {"op_id"},
+    "cancel": {"cancelled", "kind"},
+    "react": {"op_id"},
+    "members": {"id", "members", "queued"},
     "messages": MESSAGE_KEYS,
     "outbox": OUTBOX_KEYS,
     "retry": {"requeued"},

@@ -45,6 +45,8 @@ def frame(name: str) -> Any:
             "members must be a list of user names",
         ),
         (OpKind.SEND, "c", {"body": "hi", "x": {1, 2}}, "payload cannot be sent"),
+        (OpKind.ADD_MEMBER, "c", {}, "user None is not 1-64 characters"),
+        (OpKind.REMOVE_MEMBER, "c", {"user": "a b"}, "user 'a b' is not 1-64 characters"),
     ],
 )
 def test_validate_op_refuses_with_the_store_messages(
@@ -61,6 +63,18 @@ def test_validate_op_accepts_every_kind() -> None:
     ops.validate_op(OpKind.DELETE, "c", {"message_id": "m"})
     ops.validate_op(OpKind.MARK_READ, "c", {"seq": 0})
     ops.validate_op(OpKind.CREATE_CONVERSATION, CID, {"title": "t", "members": ["bob"]})
+    ops.validate_op(OpKind.ADD_MEMBER, "c", {"user": "carol"})
+    ops.validate_op(OpKind.REMOVE_MEMBER, "c", {"user": "bob"})
+
+
+def test_member_operations_parse_to_one_typed_form() -> None:
+    for kind, present in (("add_member", True), ("remove_member", False)):
+        raw = {"op_id": "o", "kind": kind, "conversation_id": CID, "user": "carol"}
+        assert ops.parse_op(raw, "alice") == ops.MemberOp(
+            op_id="o", conversation_id=CID, user="carol", present=present
+        )
+        with pytest.raises(errors.Invalid):
+            ops.parse_op({**raw, "user": ""}, "alice")
 
 
 def test_op_to_wire_puts_the_envelope_first() -> None:
@@ -181,3 +195,9 @@ def test_request_builders() -> None:
     }
     assert not requests.health().auth and requests.presence().auth
     assert requests.conversations().path == "/v1/conversations"
+
+
+def test_an_unhashable_kind_is_invalid_not_a_crash() -> None:
+    for kind in ([], {}, ["add_member"]):
+        with pytest.raises(errors.Invalid):
+            ops.parse_op({"op_id": "o", "kind": kind, "conversation_id": CID}, "alice")

@@ -60,6 +60,7 @@ def test_every_definition_has_a_sample() -> None:
     scalars |= {"title", "members", "status", "code", "reason"}
     unions = {"durable_event", "server_event", "live_frame", "client_frame", "op", "op_result"}
     unions |= {"send_op", "edit_op", "delete_op", "mark_read_op", "create_conversation_op"}
+    unions |= {"member_op", "react_op"}
     unions |= {"presence_entry", "history_message"}
     assert set(SCHEMA["$defs"]) - scalars - unions - sampled == set()
 

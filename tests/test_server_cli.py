@@ -161,6 +161,10 @@ def test_a_bad_flag_is_a_one_line_error(tmp_path: Path) -> None:
         (["--rate", "0"], "--rate"),
         (["--pull-burst", "0"], "--pull-burst"),
         (["--users", "/nonexistent/users.txt"], "--users"),
+        (["--page-bytes", "100"], "--page-bytes"),
+        (["--page-bytes", str(32 << 20)], "--page-bytes"),
+        (["--max-connections-per-ip", "-1"], "--max-connections-per-ip"),
+        (["--header-timeout", "0"], "--header-timeout"),
     ],
 )
 def test_bad_flags_in_process(tmp_path: Path, args: list[str], message: str) -> None:
@@ -194,3 +198,47 @@ def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and port in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_hardening_options_reach_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncengine.server import cli as serve_cli
+    from syncengine.server.config import ServerConfig
+
+    seen: list[ServerConfig] = []
+
+    async def fake_serve(config: ServerConfig, _users: object) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(serve_cli, "_serve", fake_serve)
+    # serve configures the process's logging: not this test process's
+    monkeypatch.setattr(serve_cli, "install_repeat_filter", lambda: None)
+    monkeypatch.setattr(serve_cli.logging, "basicConfig", lambda **_kwargs: None)
+    args = ["serve", "--data", str(tmp_path)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    default = seen.pop()
+    assert (default.page_bytes, default.max_connections, default.max_connections_per_ip) == (
+        4 * 1024 * 1024,
+        None,
+        128,
+    )
+    args += ["--page-bytes", "65536", "--max-connections", "500"]
+    args += ["--max-connections-per-ip", "0", "--header-timeout", "2.5"]
+    args += ["--keep-alive-timeout", "3", "--register-rate", "0.5", "--register-burst", "4"]
+    args += ["--login-fail-rate", "0.1", "--login-fail-burst", "3"]
+    args += ["--login-fail-ip-rate", "2", "--login-fail-ip-burst", "7"]
+    args += ["--forwarded-allow-ips", "10.0.0.1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = seen.pop()
+    assert (config.page_bytes, config.max_connections, config.max_connections_per_ip) == (
+        65536,
+        500,
+        None,
+    )
+    assert (config.header_timeout_s, config.keep_alive_timeout_s) == (2.5, 3.0)
+    assert (config.register_rate_per_s, config.register_burst) == (0.5, 4)
+    assert (config.login_fail_rate_per_s, config.login_fail_burst) == (0.1, 3)
+    assert (config.login_fail_ip_rate_per_s, config.login_fail_ip_burst) == (2.0, 7)
+    assert config.forwarded_allow_ips == "10.0.0.1"

@@ -567,7 +567,7 @@ async def test_presence_lists_users_sharing_a_conversation(api: Api) -> None:
     assert [p["user"] for p in presence] == ["alice", "bob"]
     assert all(p["status"] == "offline" for p in presence)
     alone = await api.client.get("/v1/presence", headers=api.auth("dave"))
-    assert alone.json() == {"presence": []}
+    assert [p["user"] for p in alone.json()["presence"]] == ["dave"]  # the caller, always
 
 
 # --- malformed input ----------------------------------------------------------------------
@@ -775,3 +775,69 @@ async def test_a_client_leaving_mid_body_is_not_an_error(
         await app(scope, receive, send)
     assert sent[0]["status"] == 499
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_unknown_members_are_refused_per_operation(tmp_path: Path) -> None:
+    async with open_api("asgi", tmp_path, refuse_unknown_members=True) as api:
+        await api.login("alice")
+        await api.login("bob")
+        cid, ok = new_id(), new_id()
+        create = {"kind": "create_conversation", "title": "t"}
+        results = await api.ops(
+            "alice",
+            {**create, "op_id": "o1", "conversation_id": cid, "members": ["bob", "nosuchuser"]},
+            {**create, "op_id": "o2", "conversation_id": ok, "members": ["bob"]},
+        )
+        assert [(r["status"], r.get("code"), r.get("status_code")) for r in results] == [
+            ("rejected", "unknown_user", 404),
+            ("applied", None, None),
+        ]
+        assert "nosuchuser" in results[0]["reason"]
+        assert api.state.snapshot(cid, "alice") is None  # nothing of the refused creation kept
+        added = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "ghost"}, headers=api.auth("alice")
+        )
+        assert (added.status_code, added.json()["code"]) == (404, "unknown_user")
+        assert api.state.members(ok) == ("alice", "bob")
+        known = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "carol"}, headers=api.auth("alice")
+        )
+        assert known.status_code == 404  # carol has not registered yet
+        await api.login("carol")
+        known = await api.client.post(
+            f"/v1/conversations/{ok}/members", json={"user": "carol"}, headers=api.auth("alice")
+        )
+        assert known.status_code == 200 and api.state.members(ok) == ("alice", "bob", "carol")
+
+
+async def test_member_operations_are_idempotent_and_refused_per_operation(tmp_path: Path) -> None:
+    async with open_api("asgi", tmp_path, refuse_unknown_members=True) as api:
+        for user in ("alice", "bob", "carol"):
+            await api.login(user)
+        cid = await api.create("alice", ["bob"])
+        head = api.state.head
+
+        def op(op_id: str, kind: str, user: str) -> dict[str, Any]:
+            return {"op_id": op_id, "kind": kind, "conversation_id": cid, "user": user}
+
+        results = await api.ops(
+            "alice",
+            op("a1", "add_member", "carol"),
+            op("a2", "add_member", "carol"),  # already a member: no event
+            op("a3", "add_member", "ghost"),
+            op("r1", "remove_member", "bob"),
+        )
+        assert [(r["status"], r.get("code")) for r in results] == [
+            ("applied", None),
+            ("applied", None),
+            ("rejected", "unknown_user"),
+            ("applied", None),
+        ]
+        assert results[0]["pos"] == head + 1 and results[3]["pos"] == head + 2
+        assert results[1].get("pos") is None
+        assert api.state.members(cid) == ("alice", "carol")
+        again = await api.ops("alice", op("a1", "add_member", "carol"))
+        assert again[0]["status"] == "duplicate" and again[0]["pos"] == head + 1
+        assert api.state.head == head + 2  # a replay appends nothing
+        outsider = await api.ops("bob", op("b1", "add_member", "bob"))
+        assert (outsider[0]["status"], outsider[0]["code"]) == ("rejected", "not_found")

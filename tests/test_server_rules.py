@@ -5,6 +5,7 @@ Each rule raises a domain error; its HTTP status comes from the protocol's one t
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from syncengine.protocol import errors
@@ -159,3 +160,87 @@ def test_pulls_have_a_rate_budget_of_their_own() -> None:
     assert rules.rate_budget("GET", "/v1/conversations") == "rest"
     assert rules.rate_budget("GET", "/v1/conversations/c/messages") == "rest"
     assert rules.rate_budget("PUT", "/v1/events") == "rest"
+def test_an_unknown_member_is_refused_by_name() -> None:
+    rules.check_known_users([])  # everyone named has an account
+    with pytest.raises(errors.UnknownUser) as exc:
+        rules.check_known_users(["nosuchuser", "typo"])
+    assert exc.value.status == 404
+    assert exc.value.body() == {"code": "unknown_user", "reason": "no such user: nosuchuser, typo"}
+    assert isinstance(exc.value, errors.NotFound)  # a client that knows only 404 still copes
+
+
+def test_the_presence_list_names_the_caller_even_without_a_conversation() -> None:
+    assert rules.presence_audience("loner", []) == ["loner"]
+    assert rules.presence_audience("bob", ["carol", "alice", "bob"]) == ["alice", "bob", "carol"]
+
+
+def test_a_page_keeps_what_fits_its_byte_budget_and_always_its_first_item() -> None:
+    assert rules.page_cut([], 100) == 0
+    assert rules.page_cut([40, 40, 40], 100) == 2  # 40 + "," + 40 = 81; a third would be 122
+    assert rules.page_cut([40, 40], 81) == 2  # exactly the budget, the comma included
+    assert rules.page_cut([40, 40], 80) == 1
+    assert rules.page_cut([500, 1], 100) == 1  # one item alone always goes, whatever its size
+    assert rules.page_cut([10] * 5, 10_000) == 5
+
+
+def test_a_history_page_cut_for_size_keeps_its_newest_messages() -> None:
+    # oldest first: the newest two fit, so the client asks for the older ones next
+    assert rules.history_cut([40, 40, 40], 100) == 2
+    assert rules.history_cut([10, 10, 500], 100) == 1  # the newest alone, over the budget
+    assert rules.history_cut([500, 10, 10], 100) == 2
+
+
+def test_the_page_budget_stays_under_half_of_what_a_client_accepts() -> None:
+    from syncengine.protocol import codec, ops
+
+    assert ops.PAGE_BYTES_MAX * 2 <= codec.MAX_PAGE_BYTES
+    assert ops.PAGE_BYTES_DEFAULT <= ops.PAGE_BYTES_MAX
+    # the largest legal event (16,000 control characters, 6 bytes each escaped) fits alone
+    assert len(orjson.dumps("\x01" * ops.MAX_BODY_CHARS)) + 1024 < ops.PAGE_BYTES_DEFAULT
+
+
+def test_waiting_for_a_token_takes_none() -> None:
+    bucket = rules.TokenBucket(rate=1.0, burst=2)
+    assert bucket.wait(0.0) == 0.0 and bucket.wait(0.0) == 0.0  # a look takes nothing
+    assert bucket.take(0.0) == 0.0 and bucket.take(0.0) == 0.0
+    assert bucket.wait(0.0) == pytest.approx(1.0)
+    assert bucket.wait(0.5) == pytest.approx(0.5)
+    assert bucket.wait(1.0) == 0.0
+    limiter = rules.RateLimiter(rate=1.0, burst=1)
+    assert limiter.wait("nobody", 0.0) == 0.0 and "nobody" not in limiter.buckets
+    limiter.take("a", 0.0)
+    assert limiter.wait("a", 0.0) > 0 and limiter.wait("b", 0.0) == 0.0
+
+
+def test_clients_are_limited_by_address_and_ipv6_by_its_64() -> None:
+    assert rules.address_key("127.0.0.2") == "127.0.0.2"
+    assert rules.address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert rules.address_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert rules.address_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert rules.address_key("") == rules.address_key(None) == "unknown"
+    assert rules.address_key("testclient") == "testclient"  # not an address: as it is
+
+
+def test_failed_logins_are_keyed_by_address_never_by_name_alone() -> None:
+    by_address, by_name = rules.login_keys("10.0.0.1", "bob")
+    assert by_address == "10.0.0.1"
+    assert by_name != rules.login_keys("10.0.0.2", "bob")[1]  # another address: its own
+    assert "bob" not in {by_address}
+
+
+def test_anyone_may_add_a_user_who_has_not_blocked_them() -> None:
+    rules.check_may_add("alice", [])
+    rules.check_may_add("alice", ["alice"])  # adding oneself is never refused
+    with pytest.raises(errors.Forbidden) as exc:
+        rules.check_may_add("mallory", ["carol", "bob", "bob"])
+    assert exc.value.status == 403
+    assert exc.value.reason == "bob, carol does not accept being added by mallory"
+
+
+def test_a_block_list_is_bounded_and_never_holds_oneself() -> None:
+    rules.check_block("bob", "mallory", 0, already=False)
+    rules.check_block("bob", "mallory", rules.MAX_BLOCKS, already=True)  # again: no change
+    with pytest.raises(errors.TooLarge):
+        rules.check_block("bob", "mallory", rules.MAX_BLOCKS, already=False)
+    with pytest.raises(errors.Invalid):
+        rules.check_block("bob", "bob", 0, already=False)

@@ -115,6 +115,40 @@ def test_users_and_passwords(store: ServerStorage) -> None:
     assert store.users() == ["alice", "bob"]
 
 
+def test_block_lists(backend: Backend, store: ServerStorage) -> None:
+    assert store.blocked_by("bob") == []
+    store.set_blocked("bob", "mallory", True)
+    store.set_blocked("bob", "mallory", True)  # idempotent
+    store.set_blocked("bob", "eve", True)
+    store.set_blocked("carol", "mallory", True)
+    assert store.blocked_by("bob") == ["eve", "mallory"]
+    with store.write() as tx:
+        assert tx.blockers_of("mallory", ["alice", "bob", "carol"]) == ("bob", "carol")
+        assert tx.blockers_of("alice", ["bob", "carol"]) == ()
+        assert tx.blockers_of("mallory", [f"u{i}" for i in range(1200)]) == ()  # many names
+    store.set_blocked("bob", "mallory", False)
+    store.set_blocked("bob", "mallory", False)  # idempotent
+    assert store.blocked_by("bob") == ["eve"]
+    store.close()
+    assert backend.open().blocked_by("carol") == ["mallory"]  # durable
+
+
+def test_a_blocked_user_cannot_add_the_blocker(store: ServerStorage) -> None:
+    store.set_blocked("bob", "mallory", True)
+    with pytest.raises(errors.Forbidden, match="bob does not accept being added by mallory"):
+        create(store, "mallory", ("bob", "carol"))
+    cid = create(store, "mallory", ("carol", "mallory"))
+    with store.write() as tx, pytest.raises(errors.Forbidden):
+        writes.set_member(tx, "mallory", cid, "bob", present=True)
+    with store.write() as tx:  # anyone else may add bob
+        writes.set_member(tx, "carol", cid, "bob", present=True)
+    assert store.members(cid) == ("bob", "carol", "mallory")
+    with store.write() as tx:  # a member already there: nothing to refuse
+        writes.set_member(tx, "mallory", cid, "bob", present=True)
+    with store.write() as tx:  # removing is never refused
+        writes.set_member(tx, "mallory", cid, "bob", present=False)
+
+
 def test_tokens_authenticate_until_they_expire(backend: Backend, store: ServerStorage) -> None:
     store.create_user("alice", b"s", b"h", "p")
     token = store.issue_token("alice", "laptop", ttl_s=60)
@@ -143,6 +177,23 @@ def test_time_never_goes_backwards(backend: Backend, store: ServerStorage) -> No
 
 
 # --- conversations and members ------------------------------------------------------------
+
+
+def test_unknown_users_are_the_names_without_an_account(store: ServerStorage) -> None:
+    store.create_user("bob", b"salt", b"hash", "p")
+    with store.write() as tx:
+        assert tx.unknown_users(["zed", "bob", "amy", "zed"]) == ["amy", "zed"]
+        assert tx.unknown_users([]) == []
+        cid = new_id()
+        with pytest.raises(errors.UnknownUser):
+            writes.create_conversation(tx, "alice", cid, "t", ("alice", "zed"), known_only=True)
+        # The creator needs no account row to be known: they are the one logged in.
+        created = writes.create_conversation(tx, "alice", cid, "t", ("alice", "bob"), known_only=True)
+        assert created[0]
+        with pytest.raises(errors.UnknownUser):
+            writes.set_member(tx, "alice", cid, "zed", present=True, known_only=True)
+        writes.set_member(tx, "alice", cid, "zed", present=False, known_only=True)  # a no-op
+    assert store.members(cid) == ("alice", "bob")
 
 
 def test_conversations_members_and_snapshots(store: ServerStorage) -> None:

@@ -898,17 +898,20 @@ def test_opening_never_widens_a_mode_the_owner_narrowed(
 
 
 def test_migrations_are_recorded(store: Store, db_path: Path) -> None:
-    assert store.schema == list(SCHEMA_NAMES) == ["0001_initial"]
+    names = ["0001_initial", "0002_opaque_cursor_event_ids", "0003_replies", "0004_reactions"]
+    assert store.schema == list(SCHEMA_NAMES) == names
     with raw(db_path) as c:
         rows = c.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert rows == [("syncengine.store", "0001_initial")]
+    assert rows == [("syncengine.store", name) for name in SCHEMA_NAMES]
 
 
 def test_reopening_applies_nothing_twice(db_path: Path) -> None:
     for _ in range(3):
         open_store(db_path).close()
     with raw(db_path) as c:
-        assert c.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == 1
+        assert c.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == len(
+            SCHEMA_NAMES
+        )
 
 
 def test_schema_too_new_is_refused_and_left_untouched(db_path: Path) -> None:
@@ -1143,16 +1146,18 @@ def test_known_seqs_match_the_conversations_listing_without_counting_unread(
     )
     send(store, cid=CID_B)  # a local echo moves no seq
     listed = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
-    assert store.known_seqs() == listed == {CID: 3, CID_B: 1}
+    from syncengine.store.store import known_seqs
+
+    assert known_seqs(store) == listed == {CID: 3, CID_B: 1}
 
 
 @pytest.mark.parametrize(
     "row",
     [
-        ("c1", "op", "m1", 5, "bob", "hello", "sent", 1.5, None, 0),
-        ("c1", None, None, None, ME, "echo", "pending", 2.0, None, 0),
-        ("c1", "op2", "m2", 6, "bob", "", "sent", 3.0, 4.0, 1),
-        ("c1", "op3", None, None, ME, "x", "failed", 5.0, None, 0),
+        ("c1", "op", "m1", 5, "bob", "hello", "sent", 1.5, None, 0, None),
+        ("c1", None, None, None, ME, "echo", "pending", 2.0, None, 0, None),
+        ("c1", "op2", "m2", 6, "bob", "", "sent", 3.0, 4.0, 1, None),
+        ("c1", "op3", None, None, ME, "x", "failed", 5.0, None, 0, None),
     ],
 )
 def test_history_rows_are_the_messages_the_attrs_constructor_builds(row: tuple[Any, ...]) -> None:
@@ -1171,8 +1176,10 @@ def test_history_rows_are_the_messages_the_attrs_constructor_builds(row: tuple[A
         created_at=row[7],
         edited_at=row[8],
         deleted=bool(row[9]),
+        reply_to=row[10],
     )
-    assert built == expected and hash(built) == hash(expected) and repr(built) == repr(expected)
+    assert built == expected and repr(built) == repr(expected)
+    assert built.reactions is not queries._message(row).reactions  # a fresh dict per row
     assert type(built.deleted) is bool
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         built.body = "changed"  # type: ignore[misc]

@@ -181,6 +181,10 @@ def model(h: History) -> dict[str, Any]:
         last_edit: dict[str, MessageUpdated] = {}
         for e in sorted((e for e in evs if isinstance(e, MessageUpdated)), key=lambda e: e.seq):
             last_edit[e.message_id] = e
+        others_read: dict[str, int] = {}
+        for e in evs:
+            if isinstance(e, ReadReceipt) and e.user != ME and e.read_seq is not None:
+                others_read[e.user] = max(others_read.get(e.user, 0), e.read_seq)
         msgs = []
         for m in sorted((e for e in evs if isinstance(e, MessageReceived)), key=lambda e: e.seq):
             edit = last_edit.get(m.message_id)
@@ -197,6 +201,12 @@ def model(h: History) -> dict[str, Any]:
                     created_at=m.ts_ms / 1000,
                     edited_at=edit.ts_ms / 1000 if edit else None,
                     deleted=m.message_id in gone,
+                    # one's own messages carry who has read them (issue 18)
+                    read_by=tuple(
+                        sorted(u for u, seq in others_read.items() if seq >= m.seq)
+                    )
+                    if m.sender == ME
+                    else (),
                 )
             )
         messages[c] = msgs

@@ -36,7 +36,7 @@ from syncengine.errors import (
     WireError,
 )
 from syncengine.transport import ConversationList, ConversationSnapshot, PresenceSnapshot
-from syncengine.transport.rest import RestTransport, error_from_response
+from syncengine.transport.rest import BodyTooLarge, RestTransport, error_from_response
 
 Handler = Callable[[httpx.Request], httpx.Response]
 PAGE = {"events": [], "next": 7, "has_more": False}
@@ -360,6 +360,114 @@ async def test_an_oversized_body_without_a_length_is_refused_while_read(
     with pytest.raises(WireError, match="too large"):
         await transport.pull(0, 10)
     assert len(sent) < 100  # reading stopped at the limit, not at the end
+    await transport.aclose()
+
+
+def _event(pos: int, body: str) -> dict[str, Any]:
+    return {
+        "type": "message_received",
+        "pos": pos,
+        "conversation_id": "c1",
+        "seq": pos,
+        "ts_ms": 1_764_100_000_000 + pos,
+        "message_id": f"m{pos}",
+        "op_id": None,
+        "sender": "mallory",
+        "body": body,
+    }
+
+
+def _unbounded_server(events: int, body: str, asked: list[int]) -> Handler:
+    """A server that bounds its pages in events only (like the reference server before
+    issue 13): pages of ``limit`` events of ``body``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        since = int(request.url.params["since"])
+        limit = int(request.url.params["limit"])
+        asked.append(limit)
+        page = [_event(p, body) for p in range(since + 1, min(events, since + limit) + 1)]
+        nxt = page[-1]["pos"] if page else since
+        return httpx.Response(
+            200, content=orjson.dumps({"events": page, "next": nxt, "has_more": nxt < events})
+        )
+
+    return handler
+
+
+async def test_a_pull_over_the_body_limit_asks_for_smaller_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: a page over the limit is asked for again with half the limit; the smaller
+    page continues from its next, and later pulls keep the size that fits until the end."""
+    monkeypatch.setattr(wire, "MAX_PAGE_BYTES", 10_000)
+    asked: list[int] = []
+    transport = make(_unbounded_server(40, "x" * 900, asked))  # about 1 KB an event
+    page = await transport.pull(0, 500)
+    assert asked == [500, 250, 125, 62, 31, 15, 7]  # 7 events fit in 10 KB, 15 do not
+    assert [e.pos for e in page.events] == list(range(1, 8)) and page.has_more
+    assert transport.pull_limit_cap == 7
+    since, pulls = page.next, 1
+    while page.has_more:
+        page = await transport.pull(since, 500)
+        since, pulls = page.next, pulls + 1
+    assert since == 40 and pulls == 6  # 40 events in pages of 7, no refused page again
+    assert asked[7:] == [7] * 5
+    assert transport.pull_limit_cap is None  # the end was reached: ask as the caller asks
+    await transport.aclose()
+
+
+async def test_a_single_event_over_the_limit_is_not_retried_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "MAX_PAGE_BYTES", 1000)
+    asked: list[int] = []
+    transport = make(_unbounded_server(3, "x" * 2000, asked))
+    with pytest.raises(BodyTooLarge, match="too large") as exc:
+        await transport.pull(0, 1000)
+    assert isinstance(exc.value, WireError)
+    assert asked == [1000, 500, 250, 125, 62, 31, 15, 7, 3, 1]  # halved down to 1, then up
+    await transport.aclose()
+
+
+async def test_a_history_page_over_the_limit_asks_for_fewer_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "MAX_PAGE_BYTES", 10_000)
+    asked: list[tuple[int, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        limit = int(request.url.params["limit"])
+        before = int(request.url.params.get("before", 41))
+        asked.append((limit, request.url.params.get("before")))
+        seqs = range(max(1, before - limit), before)
+        messages = [
+            {
+                "message_id": f"m{s}",
+                "conversation_id": "c1",
+                "seq": s,
+                "op_id": None,
+                "sender": "mallory",
+                "body": "x" * 900,
+                "ts_ms": 1,
+                "edited_ms": None,
+                "deleted": False,
+            }
+            for s in seqs
+        ]
+        body = {"messages": messages, "end_of_history": seqs.start == 1}
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    transport = make(handler)
+    page = await transport.history("c1", None, 200)
+    assert [m.seq for m in page.messages] == list(range(35, 41)) and not page.end_of_history
+    assert [limit for limit, _ in asked] == [200, 100, 50, 25, 12, 6]
+    assert transport.history_limit_cap == 6
+    before, pages = page.messages[0].seq, 1
+    while not page.end_of_history:
+        page = await transport.history("c1", before, 200)
+        before, pages = page.messages[0].seq, pages + 1
+    assert before == 1 and pages == 7
+    assert transport.history_limit_cap is None
     await transport.aclose()
 
 

@@ -85,6 +85,14 @@ def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     is_flag=True,
     help="Allow plain http/ws to a host that is not loopback (remembered for this store).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["auto", "matrix", "v1"]),
+    default="auto",
+    show_default=True,
+    help="The server's protocol: a Matrix homeserver, syncengine's own (v1), or auto "
+    "(a server answering /_matrix/client/versions is Matrix). Remembered for this store.",
+)
 @click.pass_context
 def login(
     ctx: click.Context,
@@ -93,6 +101,7 @@ def login(
     device: str | None,
     ca_file: str | None,
     insecure: bool,
+    protocol: str,
 ) -> None:
     """Log in to SERVER_URL as USER and keep the token (mode 0600) beside the store.
 
@@ -106,12 +115,24 @@ def login(
     ca_path = str(Path(ca_file).resolve()) if ca_file else None
     account = run(
         local_login(
-            st.db, server_url, user, password, device=device, ca_file=ca_path, insecure=insecure
+            st.db,
+            server_url,
+            user,
+            password,
+            device=device,
+            ca_file=ca_path,
+            insecure=insecure,
+            protocol=protocol,
         )
     )
     if st.json:
         emit_json(
-            {"server": account["server"], "user": account["user"], "device": account["device"]}
+            {
+                "server": account["server"],
+                "user": account["user"],
+                "device": account["device"],
+                "protocol": account.get("protocol"),
+            }
         )
     else:
         console().print(

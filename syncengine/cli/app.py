@@ -12,7 +12,17 @@ from syncengine.cli.context import CliGroup, State
 from syncengine.cli.reads import conversations, messages, outbox, status
 from syncengine.cli.run import daemon, demo
 from syncengine.cli.sync import sync, tail
-from syncengine.cli.writes import create, retry, send
+from syncengine.cli.writes import (
+    cancel,
+    create,
+    delete,
+    edit,
+    members,
+    react,
+    read,
+    retry,
+    send,
+)
 from syncengine.paths import default_db_path
 
 __all__ = ["cli", "main"]
@@ -56,6 +66,12 @@ def _register() -> None:
         outbox,
         create,
         send,
+        edit,
+        delete,
+        read,
+        react,
+        members,
+        cancel,
         retry,
         sync,
         tail,

@@ -140,6 +140,11 @@ def message_doc(msg: Message) -> dict[str, Any]:
         "body": msg.body,
         "state": msg.state.value,
         "created_at": msg.created_at,
+        "edited": msg.edited_at is not None,
+        "deleted": msg.deleted,
+        "reply_to": msg.reply_to,
+        "reactions": {emoji: list(users) for emoji, users in sorted(msg.reactions.items())},
+        "read_by": list(msg.read_by),
     }
 
 

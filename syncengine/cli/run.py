@@ -48,6 +48,10 @@ def daemon(ctx: click.Context, log_level: str, safety_pull: float, prune_after: 
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
+    from syncengine.sdnotify import notify
+
+    # From here on a stop is a clean exit: say so, so a supervisor knows the window is closed.
+    notify("STATUS=starting")
 
     from syncengine.daemon import DaemonConfig, run_daemon, setup_logging
 

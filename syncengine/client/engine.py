@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncengine.client.bus import EventBus
+from syncengine.client.chat import ChatMixin
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import forget_token, load_token, save_token
+from syncengine.client.matrix_glue import (
+    account_user,
+    choose_protocol,
+    push_then_pull,
+    same_account,
+)
 from syncengine.client.session import Session
 from syncengine.errors import NotFound, SyncEngineError, UsageError
 from syncengine.events import (
     ConnectionStateChanged,
     Event,
-    MessageQueued,
     SyncCompleted,
 )
 from syncengine.logs import install_redaction
@@ -50,7 +56,7 @@ log = logging.getLogger("syncengine.engine")
 E = TypeVar("E")
 
 
-class SyncEngine:
+class SyncEngine(ChatMixin):
     """An offline-first sync engine for one account, backed by one SQLite file.
 
     Use it as an async context manager::
@@ -210,16 +216,19 @@ class SyncEngine:
         store = self.store
         old_user = store.get_meta("user")
         old_server = store.get_meta("server")
-        if old_user and (old_user != user or (old_server and old_server != server)):
+        if not same_account(old_user, user) or (old_user and old_server and old_server != server):
             raise UsageError(
                 f"{self.db_path} belongs to {old_user} on {old_server}; use another store "
                 f"for {user} on {server}"
             )
         device = device or self.config.device or store.get_meta("device") or _default_device()
         await self._session.stop()
+        await choose_protocol(self._session, server)  # meta.protocol: v1 or matrix
         transport = self._session.make_transport(server)
         token = await transport.login(user, password, device)
-        store.set_account(server=server.rstrip("/"), user=user, device=device)
+        store.set_account(
+            server=server.rstrip("/"), user=account_user(transport, user), device=device
+        )
         save_token(self.db_path, token)
         transport.set_token(token)
         if self.state is ConnectionState.FAILED:
@@ -257,8 +266,7 @@ class SyncEngine:
         if message is None:  # the op exists but is not a send
             raise UsageError(f"op id {item.op_id} is already used by a {item.kind.value}")
         if created:
-            self._bus.emit(MessageQueued(message=message))
-            self._session.kick()
+            self._announce(message)
         return message
 
     async def edit(
@@ -423,11 +431,10 @@ class SyncEngine:
         """
         session = self._session
         session.require_transport()
-        pushed = await session.exchange.push_all()
-        pulled = await session.exchange.catch_up()
-        # events.py types the cursor as protocol v1's int; an opaque token passes through as is.
+        pushed, pulled = await push_then_pull(session)  # Matrix: pulls first, then again
+        # An int in protocol v1, an opaque token on Matrix.
         cursor = session.core.cursor
-        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)  # type: ignore[arg-type]
+        done = SyncCompleted(pushed=pushed, pulled=pulled, cursor=cursor)
         self._bus.emit(done)
         return done
 
@@ -457,6 +464,7 @@ async def _poll(done: Callable[[], bool], every_s: float, timeout: float | None)
         return True
     except TimeoutError:
         return False
+
 
 def _default_device() -> str:
     import socket

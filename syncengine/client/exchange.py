@@ -19,6 +19,7 @@ from syncengine.client.catchup import CatchUp
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
+from syncengine.core.unordered import for_app
 from syncengine.errors import (
     CursorExpired,
     Rejected,
@@ -51,7 +52,9 @@ _THREAD_APPLY_MIN = 64
 
 def known_seqs(store: Store) -> dict[str, int]:
     """The highest seq stored per conversation (the protocol's gap detection starts here)."""
-    return store.known_seqs()
+    from syncengine.store.store import known_seqs as stored_seqs
+
+    return stored_seqs(store)
 
 
 class SessionView(Protocol):
@@ -86,7 +89,7 @@ class Exchange:
         """Forward applied server events to the app, as the protocol filters them."""
         bus = self.session.bus
         for ev in self.session.core.receive_applied(events, listening=bus.listening):
-            bus.emit(ev)
+            bus.emit(for_app(ev))  # a Matrix Gap: a per-conversation Discontinuity
 
     # --- applying -----------------------------------------------------------------------
 

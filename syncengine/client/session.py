@@ -28,6 +28,7 @@ from typing import Any
 
 import stamina
 
+from syncengine.client import matrix_glue
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
@@ -145,8 +146,11 @@ class Session:
             self.transport = None
             self.spawn(old.aclose())
         cfg = self.config
+        protocol = self.store.get_meta("protocol") if self.store is not None else None
         if cfg.transport_factory is not None:
-            transport = cfg.transport_factory(server)
+            transport = matrix_glue.wrap(cfg.transport_factory(server), lambda: self.store)
+        elif other := matrix_glue.build_transport(server, cfg, protocol, self.require_store):
+            transport = other
         else:
             from syncengine.transport.rest import RestTransport
 
@@ -263,8 +267,7 @@ class Session:
             else:
                 self.mode = "polling"
             self.set_state(ConnectionState.SYNCING)
-            await self.exchange.push_all()
-            await self.exchange.catch_up()
+            await matrix_glue.push_and_catch_up(self, tasks)
             if link is not None and self.presence_status:
                 await link.send_presence(self.presence_status)
             await self._refresh_presence(transport)
@@ -373,7 +376,8 @@ class Session:
             return
         self._attach_link(link, queue, tasks)
         self.core.live_attached()
-        await self.exchange.catch_up()  # cover events between the last poll and head
+        if not self.core.link_owns_cursor:  # else the link streams from the cursor itself
+            await self.exchange.catch_up()  # cover events between the last poll and head
         self.set_state(ConnectionState.SYNCING, "live channel back")
         self.set_state(ConnectionState.LIVE, "live")
 
@@ -412,6 +416,9 @@ class Session:
         commit per event would cap a busy channel at the disk's commit rate)."""
         while True:
             batch = await queue.take(_LIVE_BATCH)
+            if not self.core.capabilities.ordered_cursor:
+                await matrix_glue.apply_unordered_batch(self, batch)
+                continue
             durable = [ev for ev in batch if isinstance(ev, DurableEvent)]
             cursor, gap = self.core.receive_live_batch(durable)
             if durable:

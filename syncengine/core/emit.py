@@ -28,7 +28,7 @@ class EmitFilter:
     def __init__(self, window: int = SEEN_POS_WINDOW) -> None:
         self.window = window
         self.presence_stale = False
-        self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[int | str | None, None] = collections.OrderedDict()
 
     def receive_applied(
         self, events: Sequence[ServerEvent], *, listening: bool
@@ -48,11 +48,13 @@ class EmitFilter:
         out: list[ServerEvent] = []
         for ev in events:
             if isinstance(ev, DurableEvent):
-                if ev.pos in seen:
+                # Matrix events have no pos: their event id names them instead.
+                key = ev.pos if ev.pos is not None else ev.event_id
+                if key is not None and key in seen:
                     continue
                 if isinstance(ev, ConversationUpdated):
                     self.presence_stale = True
-                seen[ev.pos] = None
+                seen[key] = None
                 if len(seen) > self.window:
                     seen.popitem(last=False)
             out.append(ev)

@@ -30,6 +30,7 @@ from syncengine.core.push import PushOutcome, PushRound, op_to_wire, sort_result
 from syncengine.core.requests import CatchUp, PresenceSnapshot, Request
 from syncengine.core.resync import Resync
 from syncengine.core.schedule import Schedule, SyncSettings
+from syncengine.core.unordered import link_owns_cursor
 from syncengine.errors import UsageError
 from syncengine.events import ConnectionStateChanged, Discontinuity, DurableEvent, ServerEvent
 from syncengine.models import ConnectionState as CS
@@ -168,6 +169,7 @@ class SyncProtocol:
         self.cursor: Cursor = cursor
         self.known_seq: dict[str, int] = dict(known_seq or {})
         self.live_head: Cursor | None = None
+        self.link_up = False
         self.caught_up = False
         self.gaps: set[str] = set()
         # The highest pos a live decision handed out, committed or not (see receive_live).
@@ -223,8 +225,14 @@ class SyncProtocol:
     def connection_lost(self) -> None:
         """The live link is gone: live events no longer prove contiguity."""
         self.live_head = None
+        self.link_up = False
         self.caught_up = False
         self._live_decided = 0
+
+    @property
+    def link_owns_cursor(self) -> bool:
+        """The live link moves the cursor (opaque tokens): no pull may run beside it."""
+        return link_owns_cursor(self.capabilities, self.link_up)
 
     def reached_live(self, now: float) -> None:
         """The session pushed and caught up (state LIVE): start the pull timers."""
@@ -287,7 +295,11 @@ class SyncProtocol:
     def _note_seqs(self, events: Iterable[ServerEvent]) -> None:
         known = self.known_seq
         for ev in events:
-            if isinstance(ev, DurableEvent) and known.get(ev.conversation_id, 0) < ev.seq:
+            if (
+                isinstance(ev, DurableEvent)
+                and ev.seq is not None
+                and known.get(ev.conversation_id, 0) < ev.seq
+            ):
                 known[ev.conversation_id] = ev.seq
 
     def receive_pull_done(self, now: float) -> None:
@@ -316,15 +328,26 @@ class SyncProtocol:
         self.gaps.clear()
         if known_seq is not None:
             self.known_seq = dict(known_seq)
-        return Discontinuity(old_cursor=old, new_cursor=head)  # type: ignore[arg-type]
+        return Discontinuity(old_cursor=old, new_cursor=head)
 
     # --- live -------------------------------------------------------------------------------
 
     def receive_ready(self, head: Cursor) -> None:
         """The live channel is subscribed; it will deliver every event after ``head``."""
         self.live_head = head
+        self.link_up = True
         self.caught_up = False
         self._live_decided = 0
+
+    def receive_checkpoint(self, cursor: Cursor) -> Cursor | None:
+        """The live stream delivered everything before ``cursor``: the cursor to commit with
+        those events (None: this link does not own the cursor, pulls do). The first one
+        means caught up: the link started from the persisted cursor."""
+        if not self.link_owns_cursor:
+            return None
+        self.caught_up = True
+        self.gaps.clear()
+        return cursor
 
     def receive_live(self, event: DurableEvent) -> LiveDecision:
         """Decide about one live durable event (it is always applied: merging is idempotent).
@@ -337,6 +360,9 @@ class SyncProtocol:
         driver reports the commit with :meth:`committed`, so a pull running meanwhile can
         never persist a cursor past events whose commit then fails (G3).
         """
+        if event.seq is None:
+            # Numbered by the store (Matrix): nothing to detect; Checkpoints move the cursor.
+            return LiveDecision(cursor=None, gap=False)
         cid = event.conversation_id
         last = self.known_seq.get(cid)
         gap = last is not None and event.seq > last + 1 and self.capabilities.dense_seq
@@ -348,9 +374,10 @@ class SyncProtocol:
             return LiveDecision(cursor=None, gap=True)
         # caught_up is only ever set with an ordered cursor (see receive_page), so the cursor
         # compares here.
-        if self.caught_up and event.pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
-            self._live_decided = event.pos
-            return LiveDecision(cursor=event.pos, gap=False)
+        pos = event.pos
+        if self.caught_up and pos is not None and pos > max(self.cursor, self._live_decided):  # type: ignore[operator]
+            self._live_decided = pos
+            return LiveDecision(cursor=pos, gap=False)
         return LiveDecision(cursor=None, gap=False)
 
     def receive_live_batch(self, durable: Sequence[DurableEvent]) -> tuple[Cursor | None, bool]:
@@ -400,6 +427,11 @@ class SyncProtocol:
             gaps=bool(self.gaps),
             polling_wants_live=want_live and self.live_head is None,
         )
+        if self.link_owns_cursor and any(isinstance(r, CatchUp) for r in due):
+            # The link is the catch-up (it streams from the cursor): a pull beside it would
+            # be a second producer of an unordered cursor. Count the pull as done.
+            self.schedule.pull_done(now)
+            due = [r for r in due if not isinstance(r, CatchUp)]
         if self.emit_filter.take_presence_stale():
             # After a catch-up (it may bring more changes), before a live reconnect.
             due.insert(1 if due and isinstance(due[0], CatchUp) else 0, PresenceSnapshot())

@@ -51,11 +51,13 @@ async def login(
     device: str | None = None,
     ca_file: str | None = None,
     insecure: bool = False,
+    protocol: str = "auto",
 ) -> dict[str, str | None]:
     """Log in and keep the token (mode 0600) beside the store; returns the account.
 
     The TLS settings are recorded in the store, so later commands and the daemon connect
-    the same way (:func:`~syncengine.local.account.engine_options`).
+    the same way (:func:`~syncengine.local.account.engine_options`), and so is the protocol
+    (``matrix`` or ``v1``; ``auto`` asks the server: see ``client/matrix_glue.py``).
 
     A first login creates nothing that outlives a failure: when it fails (or is interrupted),
     the store, its token and the folders made for them are removed again.
@@ -76,9 +78,11 @@ async def login(
             db, connect=False, device=device, ca_file=ca_file, allow_insecure=insecure
         )
         async with engine:
+            if protocol != "auto":
+                engine.store.set_meta(protocol=protocol)
             await engine.login(server_url, user, password, device=device)
             engine.store.set_meta(ca_file=ca_file, allow_insecure="1" if insecure else None)
-            return dict(engine.store.account())
+            return {**engine.store.account(), "protocol": engine.store.get_meta("protocol")}
     except BaseException:
         _remove(created)
         raise

@@ -16,7 +16,7 @@ from pathlib import Path
 import filelock
 
 from syncengine.errors import StoreLockHeld
-from syncengine.paths import lock_path
+from syncengine.paths import lock_path, make_private_dirs
 
 __all__ = ["LOCK_WAIT_S", "StoreLock", "daemon_info", "pid_path"]
 
@@ -64,7 +64,7 @@ class StoreLock:
         Raises:
             StoreLockHeld: another process holds it (``pid`` names it when known).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
         try:
             self._lock.acquire(timeout=timeout)
         except filelock.Timeout:

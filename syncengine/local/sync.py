@@ -60,7 +60,7 @@ class SyncOutcome:
     Attributes:
         pushed: operations pushed (None when the daemon did it).
         pulled: events pulled (None when the daemon did it).
-        cursor: the stream position reached.
+        cursor: the stream position reached (an opaque token on a Matrix homeserver).
         pending: operations still waiting to be pushed.
         failed: operations the server refused for good.
         daemon: True when the daemon synced and this process only waited.
@@ -68,7 +68,7 @@ class SyncOutcome:
 
     pushed: int | None
     pulled: int | None
-    cursor: int
+    cursor: int | str
     pending: int
     failed: int
     daemon: bool
@@ -127,14 +127,18 @@ async def sync_here(
     with Store(db) as store:
         start = store.health()
     sized: list[int | None] = []
+    # A Matrix cursor is an opaque token: no head to measure the backlog against.
+    ordered = isinstance(start.cursor, int)
 
     def report(head: int | None, now: SyncCounters) -> None:
         if not sized:
             # Measured in stream positions: the backlog up to the head, plus about one event
             # per operation pushed (each becomes an event that the catch-up pulls back).
-            sized.append(max(1, head - start.cursor + start.pending) if head is not None else None)
+            known = head is not None and ordered
+            sized.append(max(1, int(head) - int(start.cursor) + start.pending) if known else None)
         total = sized[0]
-        done = max(0, now.cursor - start.cursor) if type(now.cursor) is int else now.pulled
+        both = isinstance(now.cursor, int) and ordered
+        done = max(0, now.cursor - int(start.cursor)) if both else now.pulled
         done = min(done, total) if total is not None else done
         if progress is not None:
             progress(SyncProgress(to_push=start.pending, total=total, done=done))

@@ -20,6 +20,7 @@ from syncengine.protocol.events import ServerEvent
 __all__ = [
     "AddMemberRequest",
     "AuthFrame",
+    "BlockList",
     "ConversationList",
     "ConversationSnapshot",
     "CreateConversationRequest",
@@ -148,6 +149,13 @@ class PresenceList:
     """``GET /v1/presence``: everyone who shares a conversation with the caller."""
 
     presence: tuple[PresenceEntry, ...]
+
+
+@attrs.frozen(kw_only=True)
+class BlockList:
+    """``GET``/``PUT``/``DELETE /v1/blocks``: the users the caller has blocked, sorted."""
+
+    blocked: tuple[str, ...]
 
 
 @attrs.frozen(kw_only=True)

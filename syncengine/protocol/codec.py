@@ -156,7 +156,7 @@ converter: cattrs.Converter = _make_converter()
 def _omit_when_none(conv: cattrs.Converter) -> None:
     # Fields added for other protocols (Matrix's event ids, history tokens) default to None
     # and are left out of the encoding then, so every v1 frame keeps its bytes.
-    optional = {"event_id", "read_event_id", "prev"}
+    optional = {"event_id", "read_event_id", "prev", "reply_to"}
     for cls in (*SERVER_EVENT_TYPES.values(), HistoryPageWire):
         names = {f.name for f in attrs.fields(cls)} & optional
         if names:
@@ -269,6 +269,7 @@ def _fast_message(obj: dict[str, Any]) -> MessageReceived | None:
         and type(body) is str
         and (op is None or type(op) is str)
         and "event_id" not in obj  # never in v1; the converter's path reads it
+        and "reply_to" not in obj  # a reply: the converter's path checks it
     ):
         return MessageReceived(
             pos=pos,

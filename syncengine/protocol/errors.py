@@ -12,6 +12,7 @@ wrong (``NotFound``, ``TooLarge``, …), never an HTTP status. Where a status mu
      ├── BadCredentials          bad_credentials    401
      ├── Forbidden               forbidden          403
      ├── NotFound                not_found          404
+     │    └── UnknownUser        unknown_user       404
      ├── MethodNotAllowed        method_not_allowed 405
      ├── Conflict                conflict           409
      ├── CursorExpired           cursor_expired     410
@@ -47,6 +48,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UnknownUser",
 ]
 
 #: Every error code of protocol v1 and the HTTP status it travels with.
@@ -57,6 +59,7 @@ ERROR_STATUS: dict[str, int] = {
     "bad_credentials": 401,
     "forbidden": 403,
     "not_found": 404,
+    "unknown_user": 404,
     "method_not_allowed": 405,
     "conflict": 409,
     "cursor_expired": 410,
@@ -129,6 +132,12 @@ class NotFound(Rejection):
     """No such thing, or the caller may not know it exists (a non-member)."""
 
     code = "not_found"
+
+
+class UnknownUser(NotFound):
+    """A member named who has no account on this server (a typo, a user never registered)."""
+
+    code = "unknown_user"
 
 
 class MethodNotAllowed(Rejection):

@@ -42,6 +42,7 @@ __all__ = [
     "MessageReceived",
     "MessageSent",
     "MessageUpdated",
+    "ReactionChanged",
     "ReadReceipt",
     "ServerEvent",
     "SyncCompleted",
@@ -83,6 +84,9 @@ class MessageReceived(DurableEvent):
     op_id: str | None = None
     sender: str
     body: str
+    #: The server id of the message this one replies to (left out of the frame when None,
+    #: so a message that is not a reply keeps its v1 bytes).
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -112,6 +116,17 @@ class ConversationUpdated(DurableEvent):
     title: str
     members: tuple[str, ...]
     actor: str
+
+
+@attrs.frozen(kw_only=True)
+class ReactionChanged(DurableEvent):
+    """``user`` added (``present``) or removed the reaction ``emoji`` on a message."""
+
+    type: ClassVar[str] = "reaction_changed"
+    message_id: str
+    user: str
+    emoji: str
+    present: bool
 
 
 @attrs.frozen(kw_only=True)
@@ -216,6 +231,7 @@ SERVER_EVENT_TYPES: dict[str, type[ServerEvent]] = {
         MessageDeleted,
         ConversationUpdated,
         ReadReceipt,
+        ReactionChanged,
         TypingStarted,
         TypingStopped,
         UserPresenceChanged,
@@ -270,19 +286,27 @@ class ConnectionStateChanged(EngineEvent):
 
 @attrs.frozen(kw_only=True)
 class Discontinuity(EngineEvent):
-    """The cursor had expired on the server; the store was resynced from ``new_cursor``."""
+    """The cursor had expired on the server; the store was resynced from ``new_cursor``.
 
-    old_cursor: int
-    new_cursor: int
+    With ``conversation_id`` (Matrix) only that conversation has a hole: the transport could
+    not fill a gap in its history (the cursors are then opaque tokens).
+    """
+
+    old_cursor: int | str | None
+    new_cursor: int | str | None
+    conversation_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class SyncCompleted(EngineEvent):
-    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events."""
+    """A push and catch-up round finished: ``pushed`` operations, ``pulled`` events.
+
+    ``cursor`` is an int in protocol v1 and an opaque token on a Matrix homeserver.
+    """
 
     pushed: int
     pulled: int
-    cursor: int
+    cursor: int | str
 
 
 Event = ServerEvent | EngineEvent

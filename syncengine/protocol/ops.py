@@ -37,13 +37,19 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_OP_ID_CHARS",
     "MAX_TITLE_CHARS",
+    "MAX_EMOJI_CHARS",
+    "MEMBER_KINDS",
+    "ReactOp",
     "OP_FIELDS",
+    "PAGE_BYTES_DEFAULT",
+    "PAGE_BYTES_MAX",
     "PULL_LIMIT_DEFAULT",
     "PULL_LIMIT_MAX",
     "CreateConversationOp",
     "DeleteOp",
     "EditOp",
     "MarkReadOp",
+    "MemberOp",
     "Op",
     "SendOp",
     "check_conversation_id",
@@ -70,6 +76,13 @@ PULL_LIMIT_DEFAULT = 500
 PULL_LIMIT_MAX = 1_000
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
+# A pull or history page is bounded in bytes as well as in events or messages: the reference
+# server's budget (configurable) may not pass half the body a client accepts
+# (codec.MAX_PAGE_BYTES, 32 MiB), so no legal content yields a page a client refuses. One
+# event alone always fits: the largest legal one (a 16,000-character body of control
+# characters, 6 bytes each once escaped) is under 100 KB.
+PAGE_BYTES_DEFAULT = 4 << 20
+PAGE_BYTES_MAX = 16 << 20
 
 # Integers must fit SQLite's INTEGER at both ends: signed 64 bits.
 _MAX_INT = (1 << 63) - 1
@@ -90,7 +103,14 @@ OP_FIELDS = (
     "seq",
     "title",
     "members",
+    "user",
+    "reply_to",
+    "reply_to_op_id",
+    "emoji",
+    "remove",
 )
+
+MAX_EMOJI_CHARS = 32  # characters of one reaction
 
 
 # --- names and values ---------------------------------------------------------------------
@@ -190,11 +210,15 @@ def _check_op_ref(value: Any, what: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class SendOp:
-    """Send a message."""
+    """Send a message, maybe as a reply: to ``reply_to`` (a server message id) or to the
+    message sent by this user and device's op ``reply_to_op_id`` (not yet acknowledged when
+    it was queued)."""
 
     op_id: str
     conversation_id: str
     body: str
+    reply_to: str | None = None
+    reply_to_op_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -237,7 +261,40 @@ class CreateConversationOp:
     members: tuple[str, ...]
 
 
-Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp
+@attrs.frozen(kw_only=True)
+class MemberOp:
+    """Add (``present``) or remove ``user`` as a member of a conversation."""
+
+    op_id: str
+    conversation_id: str
+    user: str
+    present: bool
+
+
+@attrs.frozen(kw_only=True)
+class ReactOp:
+    """Add (or, with ``remove``, take back) one's reaction ``emoji`` on message ``message_id``."""
+
+    op_id: str
+    conversation_id: str
+    message_id: str
+    emoji: str
+    remove: bool
+
+
+Op = SendOp | EditOp | DeleteOp | MarkReadOp | CreateConversationOp | MemberOp | ReactOp
+
+
+def _emoji_problem(emoji: Any) -> str | None:
+    """Why ``emoji`` is not a valid reaction (1 to 32 characters, no whitespace), or None."""
+    if not isinstance(emoji, str) or not 0 < len(emoji) <= MAX_EMOJI_CHARS:
+        return f"emoji must be 1 to {MAX_EMOJI_CHARS} characters"
+    if any(ch.isspace() for ch in emoji) or not emoji.isprintable():
+        return "emoji must be printable, without whitespace"
+    return None
+
+#: The member operations and whether each one makes its ``user`` a member.
+MEMBER_KINDS = {"add_member": True, "remove_member": False}
 
 
 # --- the server's reading -----------------------------------------------------------------
@@ -298,8 +355,19 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
     if not isinstance(conversation_id, str):
         raise Invalid("conversation_id must be a string")
     if kind == "send":
+        reply_to, reply_to_op_id = raw.get("reply_to"), raw.get("reply_to_op_id")
+        if reply_to is not None and not isinstance(reply_to, str):
+            raise Invalid("reply_to must be a message id")
+        if reply_to_op_id is not None:
+            reply_to_op_id = _check_op_ref(reply_to_op_id, "reply_to_op_id")
+        if reply_to is not None and reply_to_op_id is not None:
+            raise Invalid("give at most one of reply_to and reply_to_op_id")
         return SendOp(
-            op_id=op_id, conversation_id=conversation_id, body=_check_body(raw.get("body"))
+            op_id=op_id,
+            conversation_id=conversation_id,
+            body=_check_body(raw.get("body")),
+            reply_to=reply_to,
+            reply_to_op_id=reply_to_op_id,
         )
     if kind in ("edit", "delete"):
         return _parse_change(raw, kind, op_id, conversation_id)
@@ -308,6 +376,15 @@ def parse_op(raw: Mapping[str, Any], creator: str) -> Op:
         if type(seq) is not int or seq < 0:
             raise Invalid("seq must be a non-negative integer")
         return MarkReadOp(op_id=op_id, conversation_id=conversation_id, seq=seq)
+    if kind == "react":
+        return _parse_react(raw, op_id, conversation_id)
+    if isinstance(kind, str) and kind in MEMBER_KINDS:  # a list or object is no kind
+        return MemberOp(
+            op_id=op_id,
+            conversation_id=conversation_id,
+            user=check_user(raw.get("user")),
+            present=MEMBER_KINDS[kind],
+        )
     raise Invalid(f"unknown operation kind {kind!r}")
 
 
@@ -336,6 +413,24 @@ def _parse_change(
         body=_check_body(raw.get("body")),
         message_id=message_id,
         target_op_id=target_op_id,
+    )
+
+
+def _parse_react(raw: Mapping[str, Any], op_id: str, conversation_id: str) -> ReactOp:
+    message_id, emoji, remove = raw.get("message_id"), raw.get("emoji"), raw.get("remove", False)
+    if not isinstance(message_id, str) or not message_id:
+        raise Invalid("message_id must be a message id")
+    problem = _emoji_problem(emoji)
+    if problem is not None:
+        raise Invalid(problem)
+    if type(remove) is not bool:
+        raise Invalid("remove must be true or false")
+    return ReactOp(
+        op_id=op_id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        emoji=emoji,
+        remove=remove,
     )
 
 
@@ -415,6 +510,8 @@ def validate_op(kind: OpKind | str, conversation_id: str, payload: Mapping[str, 
     check_text(conversation_id, "conversation_id")
     if kind in (OpKind.SEND, OpKind.EDIT):
         _validate_body(payload.get("body"))
+    if kind is OpKind.SEND and payload.get("reply_to") and payload.get("reply_to_op_id"):
+        raise UsageError("give at most one of reply_to and reply_to_op_id")
     if kind in (OpKind.EDIT, OpKind.DELETE) and not (
         payload.get("message_id") or payload.get("target_op_id")
     ):
@@ -425,6 +522,14 @@ def validate_op(kind: OpKind | str, conversation_id: str, payload: Mapping[str, 
             raise UsageError("seq must be a non-negative 64-bit integer")
     if kind is OpKind.CREATE_CONVERSATION:
         _validate_creation(payload)
+    if kind is OpKind.REACT:
+        problem = _emoji_problem(payload.get("emoji"))
+        if problem is not None or not payload.get("message_id"):
+            raise UsageError(problem or "a reaction needs the message_id of a sent message")
+    if kind.value in MEMBER_KINDS:
+        user = payload.get("user")
+        if not isinstance(user, str) or not _USER_RE.fullmatch(user):
+            raise UsageError(f"user {user!r} is not 1-64 characters of A-Z a-z 0-9 _ . @ -")
     try:
         # The payload travels as JSON: refuse what cannot (sets, objects, lone surrogates in
         # any string, integers beyond 64 bits) before anything is written.

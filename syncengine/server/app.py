@@ -156,7 +156,8 @@ async def login(core: ServerService, request: Request) -> Response:
     user = ops.check_user(body.get("user"))
     device = ops.check_device(body.get("device"))
     password = rules.check_password(body.get("password"))
-    return _body(await core.login(user, password, device))
+    address = request.client.host if request.client else ""
+    return _body(await core.login(user, password, device, address))
 
 
 @_endpoint
@@ -252,6 +253,29 @@ async def presence(core: ServerService, request: Request) -> Response:
     user, _device = _user(core, request)
     entries = [codec.encode_body(entry) for entry in core.presence(user)]
     return json_response({"presence": entries})
+
+
+@_endpoint
+async def list_blocks(core: ServerService, request: Request) -> Response:
+    """``GET /v1/blocks``."""
+    user, _device = _user(core, request)
+    return _body(core.blocks(user))
+
+
+@_endpoint
+async def block(core: ServerService, request: Request) -> Response:
+    """``PUT /v1/blocks/{user}``: the caller refuses to be added by ``user``."""
+    user, _device = _user(core, request)
+    other = ops.check_user(request.path_params["user"])
+    return _body(core.set_block(user, other, blocked=True))
+
+
+@_endpoint
+async def unblock(core: ServerService, request: Request) -> Response:
+    """``DELETE /v1/blocks/{user}``."""
+    user, _device = _user(core, request)
+    other = ops.check_user(request.path_params["user"])
+    return _body(core.set_block(user, other, blocked=False))
 
 
 # --- the live channel ---------------------------------------------------------------------
@@ -380,6 +404,9 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/v1/ops", push_ops, methods=["POST"]),
         Route("/v1/events", pull_events, methods=["GET"]),
         Route("/v1/presence", presence, methods=["GET"]),
+        Route("/v1/blocks", list_blocks, methods=["GET"]),
+        Route("/v1/blocks/{user}", block, methods=["PUT"]),
+        Route("/v1/blocks/{user}", unblock, methods=["DELETE"]),
         WebSocketRoute("/v1/live", live),
     ]
 
@@ -411,5 +438,7 @@ def create_app(config: ServerConfig) -> Starlette:
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # "/v1/events/" is no other URL: answer the protocol's JSON 404, never a 307 redirect.
+    app.router.redirect_slashes = False
     app.state.core = core
     return app

@@ -13,7 +13,9 @@ import platformdirs
 
 from syncengine.clickutil import OneLineCommand
 from syncengine.logs import install_redaction
+from syncengine.protocol.ops import PAGE_BYTES_DEFAULT, PAGE_BYTES_MAX
 from syncengine.server.config import FaultConfig, ServerConfig, is_loopback
+from syncengine.server.logfilter import install_repeat_filter
 
 __all__ = ["default_data_dir", "serve"]
 
@@ -193,6 +195,88 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
     help="Pull burst size per user.",
 )
 @click.option(
+    "--page-bytes",
+    type=click.IntRange(1024, PAGE_BYTES_MAX),
+    default=PAGE_BYTES_DEFAULT,
+    show_default=True,
+    help="Byte budget of one pull or history page (one event always fits).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Open connections in all [default: as many as the descriptor limit allows].",
+)
+@click.option(
+    "--max-connections-per-ip",
+    type=click.IntRange(min=0),
+    default=128,
+    show_default=True,
+    help="Open connections per client address (IPv6: per /64); 0 for no cap.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a connection has to send a complete request head.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--register-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Registrations per second per client address (open registration).",
+)
+@click.option(
+    "--register-burst",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Registration burst per client address.",
+)
+@click.option(
+    "--login-fail-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Failed logins per second per (client address, user name).",
+)
+@click.option(
+    "--login-fail-burst",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Failed-login burst per (client address, user name).",
+)
+@click.option(
+    "--login-fail-ip-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Failed logins per second per client address.",
+)
+@click.option(
+    "--login-fail-ip-burst",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Failed-login burst per client address.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Proxies (comma-separated, or *) trusted to name the client in X-Forwarded-For "
+    "[default: none; limits use the connection's address].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -219,6 +303,18 @@ def serve(
     pull_rate_per_s: float,
     pull_burst: int,
     log_level: str,
+    page_bytes: int = PAGE_BYTES_DEFAULT,
+    max_connections: int | None = None,
+    max_connections_per_ip: int = 128,
+    header_timeout: float = 10.0,
+    keep_alive_timeout: float = 5.0,
+    register_rate: float = 0.1,
+    register_burst: int = 20,
+    login_fail_rate: float = 0.2,
+    login_fail_burst: int = 10,
+    login_fail_ip_rate: float = 1.0,
+    login_fail_ip_burst: int = 50,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Run the reference server (Ctrl-C or SIGTERM stops it cleanly)."""
     if open_registration and not is_loopback(host):
@@ -249,6 +345,18 @@ def serve(
             rate_burst=rate_burst,
             pull_rate_per_s=pull_rate_per_s,
             pull_burst=pull_burst,
+            page_bytes=page_bytes,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip or None,
+            header_timeout_s=header_timeout,
+            keep_alive_timeout_s=keep_alive_timeout,
+            register_rate_per_s=register_rate,
+            register_burst=register_burst,
+            login_fail_rate_per_s=login_fail_rate,
+            login_fail_burst=login_fail_burst,
+            login_fail_ip_rate_per_s=login_fail_ip_rate,
+            login_fail_ip_burst=login_fail_ip_burst,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -259,6 +367,7 @@ def serve(
         stream=sys.stderr,
     )
     install_redaction()
+    install_repeat_filter()  # a flood of one error is a few lines, not megabytes
     try:
         asyncio.run(_serve(config, users))
     except (OSError, RuntimeError) as exc:

@@ -86,6 +86,10 @@ class SharedRateLimiter:
             self.storage.forget_idle_buckets(self.burst / self.rate + 60.0)
         return self.storage.take_token(f"{self.prefix}:{key}", self.rate, self.burst)
 
+    def wait(self, key: str, now: float) -> float:
+        """The seconds until ``key`` may take a token (0.0: now), taking none."""
+        return self.storage.peek_token(f"{self.prefix}:{key}", self.rate, self.burst)
+
     def forget_idle(self, now: float) -> None:
         """Nothing to forget in memory."""
 
@@ -294,4 +298,14 @@ def attach(service: Any) -> None:
     )
     service.login_limiter = SharedRateLimiter(
         storage, config.login_rate_per_s, config.login_burst, "login"
+    )
+    # issue 13: failed logins and registrations per client address, one budget for the cluster
+    service.login_fail_limiter = SharedRateLimiter(
+        storage, config.login_fail_rate_per_s, config.login_fail_burst, "login_fail"
+    )
+    service.login_fail_ip_limiter = SharedRateLimiter(
+        storage, config.login_fail_ip_rate_per_s, config.login_fail_ip_burst, "login_fail_ip"
+    )
+    service.register_limiter = SharedRateLimiter(
+        storage, config.register_rate_per_s, config.register_burst, "register"
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from syncengine.protocol.ops import PAGE_BYTES_DEFAULT, PAGE_BYTES_MAX
 from syncengine.transport.base import is_loopback_host
 
 __all__ = ["FaultConfig", "ServerConfig", "is_loopback"]
@@ -104,6 +105,9 @@ class ServerConfig:
             an older cursor gets ``410 cursor_expired``.
         open_registration: the first login of an unknown user creates it. ``None`` means
             "only when bound to a loopback address".
+        refuse_unknown_members: refuse (``404 unknown_user``) a conversation or a new member
+            naming a user who has no account here; off only for test servers whose users
+            log in after being added.
         token_ttl_s: lifetime of a login token.
         scrypt_n: scrypt cost parameter for new password hashes (a power of two).
         rate_per_s: sustained REST requests per second per user.
@@ -113,6 +117,19 @@ class ServerConfig:
         pull_burst: pull burst size per user.
         login_rate_per_s: sustained login attempts per second per user name.
         login_burst: login burst size per user name.
+        login_rate_per_s: sustained successful logins (tokens issued) per second per user
+            name; failed attempts never spend it, so nobody can lock a user out with it.
+        login_burst: burst of successful logins per user name.
+        login_fail_rate_per_s: sustained failed logins per second per (client address,
+            user name); past it, attempts from that address for that name get ``429``
+            before their password is even checked.
+        login_fail_burst: burst of failed logins per (client address, user name).
+        login_fail_ip_rate_per_s: sustained failed logins per second per client address,
+            whatever the name.
+        login_fail_ip_burst: burst of failed logins per client address.
+        register_rate_per_s: sustained registrations (users created by a first login with
+            open registration) per second per client address.
+        register_burst: burst of registrations per client address.
         ws_rate_per_s: typing/presence frames per second per live connection.
         ws_burst: typing/presence burst per live connection.
         ws_flood_limit: rate-limited frames in a row after which the connection is closed
@@ -125,7 +142,22 @@ class ServerConfig:
         ws_max_frame_bytes: larger client frames close the connection with ``1009``.
         ws_send_queue: frames queued for one connection before it is closed with ``1013``.
         max_body_bytes: larger REST request bodies are refused with ``413``.
+        page_bytes: byte budget of one pull or history page (at least one event is always
+            sent); at most :data:`~syncengine.protocol.ops.PAGE_BYTES_MAX` (16 MiB, half
+            of what the engine accepts).
         shutdown_timeout_s: how long a stopping server waits for open connections.
+        max_connections: open connections in all (``None``: as many as the descriptor limit
+            allows, keeping a reserve); always bounded by the descriptor limit.
+        max_connections_per_ip: open connections per client address (IPv6: per /64);
+            ``None`` for no cap. Past a cap, a new connection is refused at once (reset).
+        header_timeout_s: time a connection has to send a complete request head, from its
+            opening or the end of its previous response (a WebSocket handshake included).
+        keep_alive_timeout_s: an idle keep-alive connection is closed after this long
+            (whole seconds, rounded up).
+        max_header_bytes: largest request head (request line and headers).
+        forwarded_allow_ips: addresses of proxies whose ``X-Forwarded-For`` names the client
+            (comma-separated, or ``*``); ``None`` trusts no such header, so every limit per
+            address uses the connection's own peer.
         simulate: number of simulated bot users (``bot1`` … ``botN``); 0 for none.
         simulate_rate: actions per second of each bot.
         simulate_seed: seed of the bots' choices (``None``: random).
@@ -142,6 +174,7 @@ class ServerConfig:
     port: int = attrs.field(default=8765)
     retention: int | None = attrs.field(default=None)
     open_registration: bool | None = None
+    refuse_unknown_members: bool = True
     token_ttl_s: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=1 << 14)
     rate_per_s: float = attrs.field(default=50.0, validator=_positive)
@@ -150,6 +183,12 @@ class ServerConfig:
     pull_burst: int = attrs.field(default=2000, validator=_positive)
     login_rate_per_s: float = attrs.field(default=5.0, validator=_positive)
     login_burst: int = attrs.field(default=20, validator=_positive)
+    login_fail_rate_per_s: float = attrs.field(default=0.2, validator=_positive)
+    login_fail_burst: int = attrs.field(default=10, validator=_positive)
+    login_fail_ip_rate_per_s: float = attrs.field(default=1.0, validator=_positive)
+    login_fail_ip_burst: int = attrs.field(default=50, validator=_positive)
+    register_rate_per_s: float = attrs.field(default=0.1, validator=_positive)
+    register_burst: int = attrs.field(default=20, validator=_positive)
     ws_rate_per_s: float = attrs.field(default=10.0, validator=_positive)
     ws_burst: int = attrs.field(default=10, validator=_positive)
     ws_flood_limit: int = attrs.field(default=50, validator=_positive)
@@ -161,7 +200,14 @@ class ServerConfig:
     ws_max_frame_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
     ws_send_queue: int = attrs.field(default=4096, validator=_positive)
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    page_bytes: int = attrs.field(default=PAGE_BYTES_DEFAULT)
     shutdown_timeout_s: float = attrs.field(default=5.0, validator=_non_negative)
+    max_connections: int | None = attrs.field(default=None)
+    max_connections_per_ip: int | None = attrs.field(default=128)
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    keep_alive_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    forwarded_allow_ips: str | None = None
     simulate: int = attrs.field(default=0, validator=_non_negative)
     simulate_rate: float = attrs.field(default=0.2, validator=_positive)
     simulate_seed: int | None = None
@@ -188,6 +234,17 @@ class ServerConfig:
     def _check_scrypt_n(self, _attribute: attrs.Attribute[Any], value: int) -> None:
         if value < 2 or value & (value - 1):
             raise ValueError(f"scrypt_n must be a power of two, got {value}")
+
+    @max_connections.validator
+    @max_connections_per_ip.validator
+    def _check_connection_cap(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+
+    @page_bytes.validator
+    def _check_page_bytes(self, _attribute: attrs.Attribute[Any], value: int) -> None:
+        if not 1024 <= value <= PAGE_BYTES_MAX:
+            raise ValueError(f"page_bytes must be between 1024 and {PAGE_BYTES_MAX}, got {value}")
 
     @property
     def registration_open(self) -> bool:

@@ -11,7 +11,9 @@ refuses raises a domain error from :mod:`syncengine.protocol.errors` (``NotFound
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
+from collections.abc import Iterable, Sequence
 
 import attrs
 import orjson
@@ -27,26 +29,38 @@ from syncengine.protocol.errors import (
     OpIdConflict,
     Rejection,
     TooLarge,
+    UnknownUser,
 )
 from syncengine.protocol.ops import MAX_MEMBERS
 
 __all__ = [
+    "MAX_BLOCKS",
     "MAX_PASSWORD_CHARS",
     "MAX_QUERY_INT",
     "PULL_SCAN_MAX",
     "RateLimiter",
     "rate_budget",
     "TokenBucket",
+    "address_key",
     "applied",
+    "check_block",
     "check_cursor",
+    "check_known_users",
+
+    "check_may_add",
     "check_member_cap",
     "check_password",
     "check_query_int",
     "check_recreation",
+    "check_reply_target",
     "check_target",
     "creation_origin",
     "hash_password",
+    "history_cut",
+    "login_keys",
+    "page_cut",
     "page_end",
+    "presence_audience",
     "read_advances",
     "rejected",
     "replayed",
@@ -59,6 +73,7 @@ __all__ = [
 
 PULL_SCAN_MAX = 20_000  # log rows one pull may scan for the caller's visible events
 MAX_PASSWORD_CHARS = 1024
+MAX_BLOCKS = 1_000  # users one user may block
 MAX_QUERY_INT = 1 << 62  # query integers are capped here (SQLite integers are 64-bit)
 
 
@@ -87,6 +102,57 @@ def check_member_cap(members: int, already_member: bool) -> None:
         raise TooLarge(f"more than {MAX_MEMBERS} members")
 
 
+def check_known_users(unknown: Sequence[str]) -> None:
+    """Refuse a member who has no account on this server.
+
+    A conversation with a member who does not exist would wait forever for someone who
+    cannot log in (with closed registration) or, worse, for whoever registers the name
+    later; a typo is far likelier. The server knows its users, so it says so.
+
+    Args:
+        unknown: the named members that have no account, sorted.
+
+    Raises:
+        UnknownUser: when any member named is unknown.
+    """
+    if unknown:
+        raise UnknownUser(f"no such user: {', '.join(unknown)}")
+
+def check_may_add(actor: str, blockers: Iterable[str]) -> None:
+    """Who may add whom: anyone may add a user to a conversation, unless that user has
+    blocked them. A user is never refused for adding themselves.
+
+    Args:
+        actor: who adds (or creates a conversation with members).
+        blockers: those of the users being added who have blocked ``actor``.
+
+    Raises:
+        Forbidden: when any of them has (naming them, so the failed operation says why).
+    """
+    refusing = sorted({user for user in blockers if user != actor})
+    if refusing:
+        raise Forbidden(f"{', '.join(refusing)} does not accept being added by {actor}")
+
+
+def check_block(user: str, other: str, blocked: int, already: bool) -> None:
+    """Check that ``user`` may block ``other``.
+
+    Args:
+        user: who blocks.
+        other: who is blocked.
+        blocked: how many users ``user`` has blocked already.
+        already: ``other`` is one of them (blocking again changes nothing).
+
+    Raises:
+        Invalid: blocking oneself.
+        TooLarge: a new block past :data:`MAX_BLOCKS`.
+    """
+    if other == user:
+        raise Invalid("you cannot block yourself")
+    if not already and blocked >= MAX_BLOCKS:
+        raise TooLarge(f"more than {MAX_BLOCKS} blocked users")
+
+
 def check_password(password: object) -> str:
     """Validate a password: 1 to 1024 characters.
 
@@ -96,6 +162,12 @@ def check_password(password: object) -> str:
     if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
         raise Invalid(f"password must be 1-{MAX_PASSWORD_CHARS} characters")
     return password
+
+
+def presence_audience(user: str, shared: list[str]) -> list[str]:
+    """Whose presence ``GET /v1/presence`` lists: the caller and everyone who shares a
+    conversation with them, sorted (the caller is listed even with no conversation)."""
+    return sorted({user, *shared})
 
 
 # --- conversations ------------------------------------------------------------------------
@@ -134,6 +206,22 @@ def target_message_id(kind: str | None, result_message_id: str | None) -> str:
     if kind != "send" or result_message_id is None:
         raise NotFound("no such message")
     return result_message_id
+
+
+def check_reply_target(found_conversation: str | None, conversation_id: str) -> None:
+    """Check the message a reply names: it must be in the same conversation. A deleted
+    message may still be replied to (the reply was likely written before the deletion).
+
+    Args:
+        found_conversation: the replied-to message's conversation, or None when unknown.
+        conversation_id: the reply's conversation.
+
+    Raises:
+        NotFound: an unknown message, or one of another conversation (whose existence the
+            sender may not know).
+    """
+    if found_conversation != conversation_id:
+        raise NotFound("no such message to reply to")
 
 
 def check_target(
@@ -259,6 +347,34 @@ def page_end(positions: list[int], limit: int, end: int, head: int) -> tuple[int
     return end, end < head
 
 
+def page_cut(sizes: Sequence[int], budget: int) -> int:
+    """How many of a page's first items fit in ``budget`` bytes, separators included.
+
+    A page always keeps its first item, whatever its size: one event alone always fits a
+    client's limit, and a page that kept nothing would never move the cursor.
+
+    Args:
+        sizes: the encoded size of each item, in page order.
+        budget: the page's byte budget (``ServerConfig.page_bytes``).
+    """
+    total = -1  # n items take n - 1 commas
+    for kept, size in enumerate(sizes):
+        total += size + 1
+        if total > budget and kept > 0:
+            return kept
+    return len(sizes)
+
+
+def history_cut(sizes: Sequence[int], budget: int) -> int:
+    """How many of a history page's *newest* messages fit in ``budget`` bytes.
+
+    A history page is oldest first and continues backwards (``before`` its first message),
+    so a page cut for size keeps its newest messages; the client asks for the older ones
+    next. At least one message is always kept.
+    """
+    return page_cut(sizes[::-1], budget)
+
+
 def check_query_int(name: str, raw: str | None, default: int | None, minimum: int) -> int | None:
     """Read an integer query parameter, capped past any position or seq there is.
 
@@ -305,6 +421,13 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def wait(self, now: float) -> float:
+        """The seconds until a token is available at ``now`` (0.0: one is), taking none."""
+        tokens = self.tokens
+        if self.updated is not None:
+            tokens = min(self.burst, tokens + (now - self.updated) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
 
 @attrs.define
 class RateLimiter:
@@ -320,6 +443,15 @@ class RateLimiter:
         if bucket is None:
             bucket = self.buckets[key] = TokenBucket(self.rate, self.burst)
         return bucket.take(now)
+
+    def wait(self, key: str, now: float) -> float:
+        """The seconds until ``key`` may take a token (0.0: now), taking none.
+
+        For limits that count only some outcomes (failed logins): check before the work,
+        :meth:`take` once the outcome is known.
+        """
+        bucket = self.buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait(now)
 
     def forget_idle(self, now: float) -> None:
         """Drop the buckets that have refilled completely (they carry no state)."""
@@ -347,6 +479,30 @@ def rate_budget(method: str, path: str) -> str:
         path: the request's path.
     """
     return "pull" if method == "GET" and path == "/v1/events" else "rest"
+def address_key(host: str | None) -> str:
+    """The key under which a client address is limited: the address itself for IPv4, its
+    /64 network for IPv6 (one host commonly holds a whole /64)."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def login_keys(address: str, user: str) -> tuple[str, str]:
+    """The keys of the failed-login limits: per address, and per (address, user name).
+
+    There is no limit of failures per user name alone: then anyone could lock a victim out
+    by hammering wrong passwords for their name. A victim logs in from an address of their
+    own, whose buckets the attacker cannot drain.
+    """
+    return address, f"{address} {user}"
 
 
 def retry_after_ms(wait_s: float) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Iterator
 
@@ -17,10 +18,19 @@ import uvicorn
 
 from syncengine.server.app import create_app
 from syncengine.server.config import FaultConfig, ServerConfig
+from syncengine.server.guard import (
+    ConnectionGuard,
+    connection_limits,
+    descriptor_limit,
+    guarded_protocols,
+)
 from syncengine.server.service import ServerService as ServerCore
 from syncengine.server.storage import ServerStorage, open_storage
 
-__all__ = ["ServerHandle"]
+__all__ = ["LISTEN_BACKLOG", "ServerHandle"]
+
+#: Connections the kernel queues for accepting (uvicorn's default backlog).
+LISTEN_BACKLOG = 2048
 
 
 class _Server(uvicorn.Server):
@@ -81,6 +91,7 @@ class ServerHandle:
         self._task: asyncio.Task[None] | None = None
         self._core: ServerCore | None = None
         self._offline_state: ServerStorage | None = None
+        self.guard: ConnectionGuard | None = None
 
     @property
     def port(self) -> int:
@@ -148,16 +159,29 @@ class ServerHandle:
         self.config.port = sock.getsockname()[1]
         app = create_app(self.config)
         self._core = app.state.core
+        config = self.config
+        limits = connection_limits(
+            descriptor_limit(), config.max_connections, config.max_connections_per_ip
+        )
+        self.guard = ConnectionGuard(limits, header_timeout_s=config.header_timeout_s)
+        http_protocol, ws_protocol = guarded_protocols(self.guard)
         uv_config = uvicorn.Config(
             app,
             log_config=None,
             lifespan="on",
-            ws="websockets-sansio",
-            ws_max_size=self.config.ws_max_frame_bytes,
-            ws_ping_interval=self.config.ws_ping_interval_s,
-            ws_ping_timeout=self.config.ws_ping_timeout_s,
+            http=http_protocol,
+            ws=ws_protocol,
+            ws_max_size=config.ws_max_frame_bytes,
+            ws_ping_interval=config.ws_ping_interval_s,
+            ws_ping_timeout=config.ws_ping_timeout_s,
             ws_per_message_deflate=False,
-            timeout_graceful_shutdown=int(self.config.shutdown_timeout_s) or None,
+            timeout_graceful_shutdown=int(config.shutdown_timeout_s) or None,
+            timeout_keep_alive=max(1, math.ceil(config.keep_alive_timeout_s)),
+            h11_max_incomplete_event_size=config.max_header_bytes,
+            # The listen backlog is also how many connections asyncio accepts in one go.
+            backlog=limits.accept_batch,
+            proxy_headers=config.forwarded_allow_ips is not None,
+            forwarded_allow_ips=config.forwarded_allow_ips,
         )
         server = _Server(uv_config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="syncengine-server")
@@ -169,6 +193,11 @@ class ServerHandle:
             self._core = None
             exc = task.exception() if not task.cancelled() else None
             raise RuntimeError(f"the server failed to start: {exc!r}")
+        # asyncio took ``backlog`` as both the kernel's queue and the connections it accepts
+        # per wake-up. Only accepted ones hold a descriptor: let the kernel queue as many as
+        # uvicorn's default, so a burst of connects is not dropped (a 1 s SYN retry).
+        with contextlib.suppress(OSError):
+            sock.listen(LISTEN_BACKLOG)
         self._server, self._task = server, task
 
     async def stop(self) -> None:

@@ -19,8 +19,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from syncengine.protocol import ops
+import orjson
+
+from syncengine.protocol import codec, ops
 from syncengine.protocol.bodies import (
+    BlockList,
     ConversationList,
     ConversationSnapshot,
     HistoryMessage,
@@ -50,6 +53,13 @@ T = TypeVar("T")
 _LIMITER_SWEEP = 10_000  # forget idle rate-limit buckets past this many keys
 
 
+def _event_pos(text: str) -> int:
+    """The ``pos`` of a stored event's JSON text."""
+    pos = orjson.loads(text)["pos"]
+    assert isinstance(pos, int), pos
+    return pos
+
+
 def _verify(password: str, record: PasswordRecord) -> bool:
     salt, digest, params = record
     return hmac.compare_digest(rules.hash_password(password, salt, params), digest)
@@ -70,6 +80,13 @@ class ServerService:
         self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
         self.pull_limiter = rules.RateLimiter(config.pull_rate_per_s, config.pull_burst)
         self.login_limiter = rules.RateLimiter(config.login_rate_per_s, config.login_burst)
+        self.login_fail_limiter = rules.RateLimiter(
+            config.login_fail_rate_per_s, config.login_fail_burst
+        )
+        self.login_fail_ip_limiter = rules.RateLimiter(
+            config.login_fail_ip_rate_per_s, config.login_fail_ip_burst
+        )
+        self.register_limiter = rules.RateLimiter(config.register_rate_per_s, config.register_burst)
         if config.database_url:
             # A node of a multi-node server: live fan-out of every node's events, typing
             # and presence across nodes, shared rate limits.
@@ -117,15 +134,25 @@ class ServerService:
 
     # --- identity ------------------------------------------------------------------------
 
-    def _limit(self, limiter: rules.RateLimiter, key: str) -> None:
+    def _limit(
+        self,
+        limiter: rules.RateLimiter,
+        key: str,
+        *,
+        take: bool = True,
+        reason: str = "too many requests; slow down",
+    ) -> None:
+        """Take a token of ``key`` (only check that one is there unless ``take``).
+
+        Raises:
+            RateLimited: none is there, with the wait.
+        """
         now = time.monotonic()
         if len(limiter.buckets) > _LIMITER_SWEEP:
             limiter.forget_idle(now)
-        wait = limiter.take(key, now)
+        wait = limiter.take(key, now) if take else limiter.wait(key, now)
         if wait > 0:
-            raise RateLimited(
-                "too many requests; slow down", retry_after_ms=rules.retry_after_ms(wait)
-            )
+            raise RateLimited(reason, retry_after_ms=rules.retry_after_ms(wait))
 
     def authenticate(self, authorization: str, budget: str = "rest") -> tuple[str, str]:
         """The ``(user, device)`` of an ``Authorization`` header, rate-limited per user.
@@ -166,16 +193,35 @@ class ServerService:
         digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
         self.storage.set_password(user, salt, digest, params)
 
-    async def login(self, user: str, password: str, device: str) -> LoginResponse:
+    async def login(
+        self, user: str, password: str, device: str, address: str = ""
+    ) -> LoginResponse:
         """Check (or, with open registration, create) a user and issue a token.
+
+        Limits (each answered ``429`` with the wait): failed logins per client address and
+        per (address, user name), checked before the password is (so a flood costs no
+        hashing); registrations per address; successful logins per user name. A wrong
+        password from one address never refuses the right one from another.
+
+        Args:
+            user: the user name.
+            password: the password.
+            device: the device name.
+            address: the client's address (its limits' key, see
+                :func:`~syncengine.server.rules.address_key`).
 
         Raises:
             BadCredentials: unknown user or wrong password.
             RateLimited: too many attempts.
         """
-        self._limit(self.login_limiter, user)
+        by_address, by_name = rules.login_keys(rules.address_key(address), user)
+        slow = "too many failed logins; slow down"
+        self._limit(self.login_fail_ip_limiter, by_address, take=False, reason=slow)
+        self._limit(self.login_fail_limiter, by_name, take=False, reason=slow)
+        self._limit(self.login_limiter, user, take=False)
         record = self.storage.password_record(user)
         if record is None and self.config.registration_open:
+            self._limit(self.register_limiter, by_address, reason="too many new users; slow down")
             salt = os.urandom(16)
             params = rules.scrypt_params(self.config.scrypt_n)
             digest = await asyncio.to_thread(rules.hash_password, password, salt, params)
@@ -183,7 +229,11 @@ class ServerService:
                 log.info("registered user %s", user)
             record = self.storage.password_record(user)
         if record is None or not await asyncio.to_thread(_verify, password, record):
+            now = time.monotonic()
+            self.login_fail_ip_limiter.take(by_address, now)
+            self.login_fail_limiter.take(by_name, now)
             raise BadCredentials("unknown user or wrong password")
+        self._limit(self.login_limiter, user)
         token = self.storage.issue_token(user, device, self.config.token_ttl_s)
         log.info("login user=%s device=%s", user, device)
         for hook in self.on_login:
@@ -207,10 +257,11 @@ class ServerService:
         Returns:
             The conversation, and whether it was created now.
         """
+        known_only = self.config.refuse_unknown_members
 
         def change(tx: WriteTx) -> tuple[ConversationSnapshot, bool]:
             created, _pos, _ts = writes.create_conversation(
-                tx, actor, conversation_id, title, members
+                tx, actor, conversation_id, title, members, known_only=known_only
             )
             return writes.snapshot(tx, conversation_id, actor), created
 
@@ -225,29 +276,88 @@ class ServerService:
     ) -> ConversationSnapshot:
         """Add or remove a member (the cap holds for every caller)."""
         return self.commit(
-            lambda tx: writes.set_member(tx, actor, conversation_id, user, present=present)
+            lambda tx: writes.set_member(
+                tx,
+                actor,
+                conversation_id,
+                user,
+                present=present,
+                known_only=self.config.refuse_unknown_members,
+            )
         )
+
+    def blocks(self, user: str) -> BlockList:
+        """The users ``user`` has blocked."""
+        return BlockList(blocked=tuple(self.storage.blocked_by(user)))
+
+    def set_block(self, user: str, other: str, *, blocked: bool) -> BlockList:
+        """Block or unblock ``other`` for ``user`` (idempotent); the list after the change.
+
+        A blocked user may not add ``user`` to a conversation (a new one or an existing
+        one): that add is refused ``403 forbidden``. Nothing else changes.
+
+        Raises:
+            Invalid: blocking oneself.
+            TooLarge: past the block list's cap.
+        """
+        current = self.storage.blocked_by(user)
+        if blocked:
+            rules.check_block(user, other, len(current), other in current)
+        self.storage.set_blocked(user, other, blocked)
+        return self.blocks(user)
 
     # --- operations and reads ------------------------------------------------------------
 
     def push(self, user: str, device: str, raw_ops: Sequence[Mapping[str, Any]]) -> list[OpResult]:
         """Apply a batch of operations in order, in one transaction; one result each."""
-        return self.commit(lambda tx: [writes.apply_op(tx, user, device, raw) for raw in raw_ops])
+        known_only = self.config.refuse_unknown_members
+        return self.commit(
+            lambda tx: [
+                writes.apply_op(tx, user, device, raw, known_only=known_only) for raw in raw_ops
+            ]
+        )
 
     def pull(self, user: str, since: int, limit: int) -> tuple[list[str], int, bool]:
-        """The JSON texts of the events visible to ``user`` after ``since``."""
-        return self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
+        """The JSON texts of the events visible to ``user`` after ``since``.
+
+        The page holds at most ``limit`` events (capped) and at most ``config.page_bytes``
+        bytes of them (always one event at least); a page cut for size continues right
+        after its last event (``has_more``).
+        """
+        texts, nxt, more = self.storage.pull(user, since, min(limit, ops.PULL_LIMIT_MAX))
+        budget = self.config.page_bytes
+        # A character is at most 4 bytes of UTF-8: most pages need no exact measure.
+        if 4 * (sum(map(len, texts)) + len(texts)) > budget:
+            keep = rules.page_cut([len(text.encode()) for text in texts], budget)
+            if keep < len(texts):
+                texts = texts[:keep]
+                nxt, more = _event_pos(texts[-1]), True
+        return texts, nxt, more
 
     def history(
         self, user: str, conversation_id: str, before: int | None, limit: int
     ) -> tuple[list[HistoryMessage], bool]:
-        """A member's page of history, oldest first, and whether nothing older exists."""
+        """A member's page of history, oldest first, and whether nothing older exists.
+
+        Bounded like a pull page: at most ``config.page_bytes`` (always one message at
+        least); a page cut for size keeps its newest messages and is not the end of history.
+        """
         rules.require_member(self.storage.is_member(conversation_id, user))
-        return self.storage.history(conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX))
+        messages, end = self.storage.history(
+            conversation_id, before, min(limit, ops.HISTORY_LIMIT_MAX)
+        )
+        budget = self.config.page_bytes
+        # A body character is at most 6 bytes once escaped; the other fields under 1 KiB.
+        if sum(6 * len(m.body) + 1024 for m in messages) > budget:
+            sizes = [len(orjson.dumps(codec.encode_body(m))) for m in messages]
+            keep = rules.history_cut(sizes, budget)
+            if keep < len(messages):
+                messages, end = messages[len(messages) - keep :], False
+        return messages, end
 
     def presence(self, user: str) -> list[PresenceEntry]:
-        """The presence of everyone who shares a conversation with ``user``."""
-        return self.hub.presence_of(self.storage.shared_users(user))
+        """The presence of ``user`` and of everyone who shares a conversation with them."""
+        return self.hub.presence_of(rules.presence_audience(user, self.storage.shared_users(user)))
 
     # --- the live channel ----------------------------------------------------------------
 

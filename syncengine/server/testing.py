@@ -33,12 +33,15 @@ __all__ = ["TEST_DEFAULTS", "ServerHandle", "ServerThread", "login", "run_server
 T = TypeVar("T")
 
 #: Overrides that :func:`run_server` applies unless told otherwise: loopback, a free port,
-#: cheap password hashing, a short shutdown.
+#: cheap password hashing, a short shutdown, and members who may log in after being added
+#: (tests create a conversation with bob before bob's engine first logs in; a test of the
+#: refusal turns ``refuse_unknown_members`` back on).
 TEST_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 0,
     "scrypt_n": 1 << 10,
     "shutdown_timeout_s": 2.0,
+    "refuse_unknown_members": False,
 }
 
 

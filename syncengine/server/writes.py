@@ -21,6 +21,7 @@ from syncengine.protocol.events import (
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
+    ReactionChanged,
     ReadReceipt,
 )
 from syncengine.server import rules
@@ -29,6 +30,7 @@ from syncengine.server.storage.interface import ConversationRow, MessageRow, OpR
 __all__ = [
     "announce",
     "apply_op",
+    "change_member",
     "create_conversation",
     "rename",
     "set_member",
@@ -73,9 +75,18 @@ def announce(
 
 
 def create_conversation(
-    tx: WriteTx, actor: str, conversation_id: str, title: str, members: tuple[str, ...]
+    tx: WriteTx,
+    actor: str,
+    conversation_id: str,
+    title: str,
+    members: tuple[str, ...],
+    *,
+    known_only: bool = False,
 ) -> tuple[bool, int, int]:
     """Create a conversation unless the same creation happened before.
+
+    With ``known_only`` (the server's ``refuse_unknown_members``; off for seeding and
+    storage tests), every member must have an account here.
 
     Returns:
         Whether it was created now, and the ``pos`` and ``ts_ms`` of its creation.
@@ -83,12 +94,19 @@ def create_conversation(
     Raises:
         Conflict: the id is taken by another creation.
         NotFound: the same creation, but the creator has left since.
+        UnknownUser: a member has no account on this server.
+
+        Forbidden: a member has blocked the creator.
     """
     origin = rules.creation_origin(actor, title, members)
     existing = tx.conversation(conversation_id)
     if existing is not None:
         rules.check_recreation(existing.origin, origin, tx.is_member(conversation_id, actor))
         return False, existing.created_pos, existing.created_ms
+    if known_only:  # the creator is known: they are logged in
+        rules.check_known_users(tx.unknown_users(m for m in members if m != actor))
+
+    rules.check_may_add(actor, tx.blockers_of(actor, members))
     row = ConversationRow(
         id=conversation_id,
         title=title,
@@ -119,36 +137,63 @@ def rename(tx: WriteTx, actor: str, conversation_id: str, title: str) -> Convers
 
 
 def set_member(
-    tx: WriteTx, actor: str, conversation_id: str, user: str, *, present: bool
+    tx: WriteTx,
+    actor: str,
+    conversation_id: str,
+    user: str,
+    *,
+    present: bool,
+    known_only: bool = False,
 ) -> ConversationSnapshot:
     """Add (``present=True``) or remove a member; no event when nothing changes.
+
+    With ``known_only``, a user added must have an account here (removing never checks).
 
     The removed user is in the audience of the event that removes them, and in no later
     one. The member cap holds for every caller (a route, the simulator).
 
     Raises:
         NotFound: ``actor`` is not a member.
+        Forbidden: the new member has blocked ``actor``.
         TooLarge: a new member past the cap.
+        UnknownUser: the user added has no account on this server.
     """
+    change_member(tx, actor, conversation_id, user, present=present, known_only=known_only)
+    return snapshot(tx, conversation_id, actor)
+
+
+def change_member(
+    tx: WriteTx, actor: str, conversation_id: str, user: str, *, present: bool, known_only: bool
+) -> DurableEvent | None:
+    """:func:`set_member`'s change: the ``conversation_updated`` appended, or None."""
     rules.require_member(tx.is_member(conversation_id, actor))
     already = tx.is_member(conversation_id, user)
+    if present and not already and known_only:
+        rules.check_known_users(tx.unknown_users((user,)))
+
+    if present and not already:
+        rules.check_may_add(actor, tx.blockers_of(actor, (user,)))
     if present:
         rules.check_member_cap(len(tx.members(conversation_id)), already)
-    if already != present:
-        pos = tx.head + 1
-        if present:
-            tx.add_member(conversation_id, user, pos)
-        else:
-            tx.remove_member(conversation_id, user, pos)
-        announce(tx, actor, conversation_id, extra=(user,))
-    return snapshot(tx, conversation_id, actor)
+    if already == present:
+        return None
+    pos = tx.head + 1
+    if present:
+        tx.add_member(conversation_id, user, pos)
+    else:
+        tx.remove_member(conversation_id, user, pos)
+    return announce(tx, actor, conversation_id, extra=(user,))
 
 
 # --- operations ---------------------------------------------------------------------------
 
 
-def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpResult:
+def apply_op(
+    tx: WriteTx, user: str, device: str, raw: Mapping[str, Any], *, known_only: bool = False
+) -> OpResult:
     """Apply one operation, or replay its recorded result.
+
+    ``known_only``: members named must have an account here (see :func:`set_member`).
 
     Its idempotency record is written in the same transaction as its effect. A replay
     returns the original result as ``duplicate``; the same op id with another payload is
@@ -162,7 +207,7 @@ def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpR
         return rules.replayed(record.result, record.payload_hash, digest)
     try:
         with tx.savepoint():
-            result = _effect(tx, user, device, ops.parse_op(raw, user))
+            result = _effect(tx, user, device, ops.parse_op(raw, user), known_only)
     except Rejection as exc:
         result = rules.rejected(op_id, exc)
     kind = str(raw.get("kind"))
@@ -170,9 +215,11 @@ def apply_op(tx: WriteTx, user: str, device: str, raw: Mapping[str, Any]) -> OpR
     return result
 
 
-def _effect(tx: WriteTx, user: str, device: str, op: ops.Op) -> OpResult:
+def _effect(tx: WriteTx, user: str, device: str, op: ops.Op, known_only: bool) -> OpResult:
     if isinstance(op, ops.CreateConversationOp):
-        _created, pos, ts = create_conversation(tx, user, op.conversation_id, op.title, op.members)
+        _created, pos, ts = create_conversation(
+            tx, user, op.conversation_id, op.title, op.members, known_only=known_only
+        )
         return rules.applied(op.op_id, op.conversation_id, None, 1, pos, ts)
     rules.require_member(tx.is_member(op.conversation_id, user))
     members = tx.members(op.conversation_id)
@@ -180,6 +227,10 @@ def _effect(tx: WriteTx, user: str, device: str, op: ops.Op) -> OpResult:
         return _send(tx, user, device, op, members)
     if isinstance(op, ops.MarkReadOp):
         return _mark_read(tx, user, op, members)
+    if isinstance(op, ops.MemberOp):
+        return _set_member(tx, user, op, known_only)
+    if isinstance(op, ops.ReactOp):
+        return _react(tx, user, op, members)
     message_id = _resolve_target(tx, user, device, op)
     if isinstance(op, ops.EditOp):
         return _edit(tx, user, op, message_id, members)
@@ -190,6 +241,7 @@ def _send(
     tx: WriteTx, user: str, device: str, op: ops.SendOp, members: tuple[str, ...]
 ) -> OpResult:
     cid = op.conversation_id
+    reply_to = _reply_target(tx, user, device, op)
     message_id = new_id(tx.now_ms() / 1000)
     event = tx.append(
         cid,
@@ -202,6 +254,7 @@ def _send(
             op_id=op.op_id,
             sender=user,
             body=op.body,
+            reply_to=reply_to,
         ),
         members,
     )
@@ -220,6 +273,22 @@ def _send(
         )
     )
     return rules.applied(op.op_id, cid, message_id, event.seq, event.pos, event.ts_ms)
+
+
+def _reply_target(tx: WriteTx, user: str, device: str, op: ops.SendOp) -> str | None:
+    """The server id of the message a send replies to (None: not a reply)."""
+    message_id = op.reply_to
+    if op.reply_to_op_id is not None:
+        record = tx.op_record(user, device, op.reply_to_op_id)
+        message_id = rules.target_message_id(
+            None if record is None else record.kind,
+            None if record is None else record.result.message_id,
+        )
+    if message_id is None:
+        return None
+    found = tx.message(message_id)
+    rules.check_reply_target(None if found is None else found.conversation_id, op.conversation_id)
+    return message_id
 
 
 def _edit(
@@ -284,6 +353,39 @@ def _resolve_target(tx: WriteTx, user: str, device: str, op: ops.EditOp | ops.De
         editing=isinstance(op, ops.EditOp),
     )
     return message_id
+
+
+def _set_member(tx: WriteTx, actor: str, op: ops.MemberOp, known_only: bool) -> OpResult:
+    """An ``add_member`` or ``remove_member``: one ``conversation_updated`` when it changes
+    something, none when the user already is (or is not) a member."""
+    cid = op.conversation_id
+    event = change_member(tx, actor, cid, op.user, present=op.present, known_only=known_only)
+    if event is None:
+        return rules.applied(op.op_id, cid, None, None, None, tx.now_ms())
+    return rules.applied(op.op_id, cid, None, event.seq, event.pos, event.ts_ms)
+
+
+def _react(tx: WriteTx, user: str, op: ops.ReactOp, members: tuple[str, ...]) -> OpResult:
+    """One ``reaction_changed`` per operation: stores apply it as a set (a user's emoji on a
+    message is there or not), so a repeated add or remove changes nothing in them."""
+    cid = op.conversation_id
+    found = tx.message(op.message_id)
+    rules.check_reply_target(None if found is None else found.conversation_id, cid)
+    event = tx.append(
+        cid,
+        lambda p, s, t: ReactionChanged(
+            pos=p,
+            conversation_id=cid,
+            seq=s,
+            ts_ms=t,
+            message_id=op.message_id,
+            user=user,
+            emoji=op.emoji,
+            present=not op.remove,
+        ),
+        members,
+    )
+    return rules.applied(op.op_id, cid, op.message_id, event.seq, event.pos, event.ts_ms)
 
 
 def _mark_read(tx: WriteTx, user: str, op: ops.MarkReadOp, members: tuple[str, ...]) -> OpResult:

@@ -28,6 +28,7 @@ from syncengine.events import (
     MessageDeleted,
     MessageReceived,
     MessageUpdated,
+    ReactionChanged,
     ReadReceipt,
     ServerEvent,
     TypingStarted,
@@ -38,6 +39,7 @@ from syncengine.events import (
 from syncengine.models import PresenceStatus
 from syncengine.store.outbox import ECHO_SOURCES_SQL
 from syncengine.store.queries import STREAM, read_cursor
+from syncengine.store.unordered import set_token
 
 __all__ = ["ApplyResult"]
 
@@ -50,7 +52,7 @@ class ApplyResult:
     def __init__(self) -> None:
         self.applied = 0
         self.unknown = 0
-        self.cursor = 0
+        self.cursor: int | str = 0
         self.confirmed_ops: list[str] = []
 
 
@@ -65,6 +67,8 @@ class SortedPage:
         "own",
         "reads_me",
         "reads_other",
+        "reactions",
+        "replies",
         "result",
         "updates",
     )
@@ -79,6 +83,8 @@ class SortedPage:
         self.reads_me: list[tuple[Any, ...]] = []
         self.reads_other: list[tuple[Any, ...]] = []
         self.updates: list[ConversationUpdated] = []
+        self.replies: list[tuple[str, str]] = []
+        self.reactions: list[tuple[bool, str, str, str]] = []
 
 
 def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
@@ -105,12 +111,16 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
                 if ev.op_id is not None and ev.sender == me:
                     own.append((ev.message_id, ev.seq, created, me, ev.op_id))
                     confirmed.append(ev.op_id)
+                if ev.reply_to is not None:
+                    page.replies.append((ev.reply_to, ev.message_id))
             elif isinstance(ev, MessageUpdated):
                 edits.append((ev.message_id, ev.body, ev.seq, ev.ts_ms / 1000))
             elif isinstance(ev, MessageDeleted):
                 deletes.append((ev.message_id,))
             elif isinstance(ev, ConversationUpdated):
                 updates.append(ev)
+            elif isinstance(ev, ReactionChanged):
+                page.reactions.append((ev.present, ev.message_id, ev.emoji, ev.user))
             elif isinstance(ev, ReadReceipt):
                 if ev.user == me:
                     reads_me.append((ev.read_seq, cid))
@@ -122,7 +132,7 @@ def sort_events(events: Sequence[ServerEvent], me: str) -> SortedPage:
 
 
 def write_page(
-    c: Any, page: SortedPage, now: float, *, cursor: int | None, synced: bool
+    c: Any, page: SortedPage, now: float, *, cursor: int | str | None, synced: bool
 ) -> ApplyResult:
     """Write a sorted page, the cursor and ``last_sync_at`` (all in the caller's transaction)."""
     _write_messages(c, page, now)
@@ -173,6 +183,18 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
             "created_at) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING",
             page.inserts,
         )
+    for present, *key in page.reactions:  # in event order: an add then a remove ends removed
+        c.execute(
+            "INSERT INTO reactions(message_id, emoji, user) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING"
+            if present
+            else "DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user = ?",
+            key,
+        )
+    if page.replies:
+        # After the inserts and promotions: the server's id of the replied-to message
+        # replaces whatever a local echo held (the op id of a send still pending then).
+        c.executemany("UPDATE messages SET reply_to = ? WHERE id = ?", page.replies)
     if page.edits:
         c.executemany(
             "INSERT INTO message_patches(message_id, body, edit_seq, edited_at) "
@@ -252,8 +274,11 @@ def quarantine(c: Any, raw: str, error: str, pos: int | None, now: float) -> Non
     )
 
 
-def set_cursor(c: Any, pos: int, now: float, *, force: bool = False) -> None:
+def set_cursor(c: Any, pos: int | str, now: float, *, force: bool = False) -> None:
     """Move the cursor to ``pos``: only forward unless ``force`` (a resync)."""
+    if isinstance(pos, str):  # an opaque token (Matrix): its own column, no order to guard
+        set_token(c, pos, now)
+        return
     guard = "" if force else " WHERE excluded.pos > cursors.pos"
     c.execute(
         "INSERT INTO cursors(stream, pos, updated_at) VALUES (?, ?, ?) "

@@ -29,6 +29,7 @@ from syncengine.errors import (
     StoreFull,
     StoreLocked,
 )
+from syncengine.paths import make_private_dirs
 from syncengine.store.schema import MIGRATIONS, SCHEMA_NAMES
 
 __all__ = ["StoreDB", "make_folders", "map_sqlite_error", "move_aside", "secure_file"]
@@ -37,22 +38,9 @@ DEFAULT_BUSY_TIMEOUT_S = 5.0
 
 
 def make_folders(folder: Path) -> None:
-    """Create ``folder`` and each missing parent with mode 0700.
-
-    ``mkdir(parents=True)`` gives the parents it creates the umask's mode (often 0755), not
-    the one asked for. Folders that already exist are left as they are (one may be the
-    user's own directory).
-    """
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for new in reversed(missing):
-        try:
-            new.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # another process made it meanwhile
-        os.chmod(new, 0o700)  # mkdir's mode passes through the umask
+    """Create ``folder`` and each missing parent with mode 0700 (see
+    :func:`syncengine.paths.make_private_dirs`); folders that exist are left as they are."""
+    make_private_dirs(folder)
 
 
 def secure_file(path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import orjson
 
+from syncengine.core.cancel import cancel_refusal
 from syncengine.core.sync import OUTBOX_TRANSITIONS
 from syncengine.errors import NotFound, UsageError
 from syncengine.models import OpKind, OutboxItem, OutboxState, new_id
@@ -219,17 +220,40 @@ def local_effect(
     if c.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone() is None:
         raise NotFound(f"no conversation {cid} in the store")
     if kind is OpKind.SEND:
+        reply_to = payload.get("reply_to") or payload.get("reply_to_op_id")
         c.execute(
-            "INSERT INTO messages(conversation_id, op_id, sender, body, state, created_at) "
-            "VALUES (?, ?, ?, ?, 'pending', ?)",
-            (cid, op_id, me, payload["body"], now),
+            "INSERT INTO messages(conversation_id, op_id, sender, body, state, created_at, "
+            "reply_to) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (cid, op_id, me, payload["body"], now, reply_to),
         )
     elif kind in (OpKind.EDIT, OpKind.DELETE):
         _patch_target(c, me, kind, cid, payload, now)
+    elif kind is OpKind.REACT:
+        _react_locally(c, me, cid, payload)
     elif kind is OpKind.MARK_READ:
         c.execute(
             "UPDATE conversations SET read_seq = MAX(read_seq, ?) WHERE id = ?",
             (payload["seq"], cid),
+        )
+
+
+def _react_locally(c: Any, me: str, cid: str, payload: dict[str, Any]) -> None:
+    """Show one's reaction at once. Only a sent message (a server id) takes reactions: the
+    server's event names it by that id, and the two must meet in one row of the set."""
+    found = c.execute(
+        "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+        (payload["message_id"], cid),
+    ).fetchone()
+    if found is None:
+        raise NotFound("no such sent message in this conversation (react once it is sent)")
+    key = (payload["message_id"], payload["emoji"], me)
+    if payload.get("remove"):
+        c.execute("DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user = ?", key)
+    else:
+        c.execute(
+            "INSERT INTO reactions(message_id, emoji, user) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            key,
         )
 
 
@@ -442,6 +466,49 @@ def requeue(c: Any, me: str, op_ids: Iterable[str] | None, now: float) -> list[s
         [(me, op_id) for op_id in ids],
     )
     return ids
+
+
+def cancel(c: Any, me: str, op_id: str) -> OutboxItem:
+    """Delete an unsent operation and its local effect; returns the item as it was.
+
+    Which operations may go is decided by :func:`syncengine.core.cancel.cancel_refusal`; a
+    cancel is a deletion, not a move of ``OUTBOX_TRANSITIONS``.
+
+    Raises:
+        NotFound: no such operation in the outbox.
+        UsageError: it may already have been applied, its local effect cannot be undone, or
+            other queued operations depend on it.
+    """
+    row = c.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE op_id = ?", (op_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no operation {op_id} in the outbox")
+    item = outbox_item(row)
+    if item.kind is OpKind.SEND:
+        dependents = c.execute(
+            "SELECT COUNT(*) FROM outbox WHERE state != 'sent' AND op_id != ? "
+            "AND json_extract(payload, '$.target_op_id') = ?",
+            (op_id, op_id),
+        ).fetchone()[0]
+    else:
+        dependents = c.execute(
+            "SELECT COUNT(*) FROM outbox WHERE state != 'sent' AND op_id != ? "
+            "AND conversation_id = ?",
+            (op_id, item.conversation_id),
+        ).fetchone()[0]
+    reason = cancel_refusal(item.kind, item.state, item.attempts, int(dependents))
+    if reason is not None:
+        raise UsageError(f"operation {op_id} ({item.kind.value}) cannot be cancelled: {reason}")
+    c.execute("DELETE FROM outbox WHERE op_id = ?", (op_id,))
+    if item.kind is OpKind.SEND:
+        c.execute(
+            "DELETE FROM messages WHERE sender = ? AND op_id = ? AND id IS NULL", (me, op_id)
+        )
+    elif item.kind is OpKind.CREATE_CONVERSATION:
+        cid = item.conversation_id
+        if c.execute("SELECT pending FROM conversations WHERE id = ?", (cid,)).fetchone() == (1,):
+            c.execute("DELETE FROM members WHERE conversation_id = ?", (cid,))
+            c.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+    return item
 
 
 def recover_sending(c: Any, now: float) -> int:

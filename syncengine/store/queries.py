@@ -33,7 +33,7 @@ STREAM = "events"
 _MESSAGE_COLUMNS = """
     m.conversation_id, m.op_id, m.id, m.seq, m.sender,
     CASE WHEN p.deleted = 1 THEN '' WHEN p.body IS NOT NULL THEN p.body ELSE m.body END,
-    m.state, m.created_at, p.edited_at, COALESCE(p.deleted, 0)
+    m.state, m.created_at, p.edited_at, COALESCE(p.deleted, 0), m.reply_to
 """
 _FROM_MESSAGES = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN message_patches p ON p.message_id = m.id "
@@ -45,6 +45,7 @@ _NEWEST = _FROM_MESSAGES + (
 _ECHOES = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.local_id"
 _BEFORE = _FROM_MESSAGES + "WHERE m.conversation_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
 _BY_OP = _FROM_MESSAGES + "WHERE m.sender = ? AND m.op_id = ?"
+_BY_ID = _FROM_MESSAGES + "WHERE m.id = ?"
 
 # A dict lookup, not ``MessageState(value)``: an Enum call costs as much as the rest of a
 # row's conversion, and a history page converts 50 rows.
@@ -61,6 +62,14 @@ _set_conversation_id, _set_op_id, _set_id = _set["conversation_id"], _set["op_id
 _set_seq, _set_sender, _set_body = _set["seq"], _set["sender"], _set["body"]
 _set_state, _set_created_at = _set["state"], _set["created_at"]
 _set_edited_at, _set_deleted = _set["edited_at"], _set["deleted"]
+_set_reply_to = _set["reply_to"]
+# Fields the row does not carry keep their defaults (a factory is called for each row).
+_DEFAULTS = [
+    (_set[f.name], f.default)
+    for f in attrs.fields(Message)
+    if f.name not in {"conversation_id", "op_id", "id", "seq", "sender", "body", "state",
+                      "created_at", "edited_at", "deleted", "reply_to"}
+]  # fmt: skip
 
 
 def _message(row: Sequence[Any]) -> Message:
@@ -75,6 +84,9 @@ def _message(row: Sequence[Any]) -> Message:
     _set_created_at(m, row[7])
     _set_edited_at(m, row[8])
     _set_deleted(m, bool(row[9]))
+    _set_reply_to(m, row[10])
+    for setter, default in _DEFAULTS:
+        setter(m, default.factory() if isinstance(default, attrs.Factory) else default)
     return m
 
 
@@ -84,10 +96,13 @@ def get_meta(c: Any, key: str) -> str | None:
     return row[0] if row else None
 
 
-def read_cursor(c: Any) -> int:
+def read_cursor(c: Any) -> int | str:
     """The persisted stream position (0 before the first pull)."""
-    row = c.execute("SELECT pos FROM cursors WHERE stream = ?", (STREAM,)).fetchone()
-    return int(row[0]) if row else 0
+    row = c.execute("SELECT pos, token FROM cursors WHERE stream = ?", (STREAM,)).fetchone()
+    if row is None:
+        return 0
+    # An opaque token (Matrix) lives in its own TEXT column (migration 0002).
+    return str(row[1]) if row[1] is not None else int(row[0])
 
 
 def known_seqs(c: Any, me: str) -> dict[str, int]:
@@ -153,8 +168,11 @@ def has_conversation(c: Any, conversation_id: str) -> bool:
     return row is not None
 
 
-def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> list[Message]:
-    """A page of messages, oldest first (see ``Store.messages``).
+def messages(
+    c: Any, conversation_id: str, before: int | None, limit: int, me: str = ""
+) -> list[Message]:
+    """A page of messages, oldest first (see ``Store.messages``); ``me``'s own messages carry
+    who has read them.
 
     Raises:
         UsageError: ``limit`` is below 1.
@@ -166,7 +184,46 @@ def messages(c: Any, conversation_id: str, before: int | None, limit: int) -> li
     else:
         rows = c.execute(_BEFORE, (conversation_id, before, limit)).fetchall()
         echoes = []
-    return [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+    found = [_message(r) for r in reversed(rows)] + [_message(r) for r in echoes]
+    return _with_read_by(c, me, conversation_id, _with_reactions(c, conversation_id, found))
+
+
+def _with_read_by(c: Any, me: str, conversation_id: str, found: list[Message]) -> list[Message]:
+    """``me``'s sent messages with the other users whose read position reached them."""
+    if not me:
+        return found
+    reads = c.execute(
+        "SELECT user, read_seq FROM reads WHERE conversation_id = ? AND user != ? ORDER BY user",
+        (conversation_id, me),
+    ).fetchall()
+    if not reads:
+        return found
+    return [
+        attrs.evolve(m, read_by=tuple(u for u, seq in reads if seq >= m.seq))
+        if m.sender == me and m.seq is not None
+        else m
+        for m in found
+    ]
+
+
+def _with_reactions(c: Any, conversation_id: str, found: list[Message]) -> list[Message]:
+    """The messages with their reactions (one query for the conversation)."""
+    rows = c.execute(
+        "SELECT r.message_id, r.emoji, r.user FROM reactions r JOIN messages m ON m.id = "
+        "r.message_id WHERE m.conversation_id = ? ORDER BY r.message_id, r.emoji, r.user",
+        (conversation_id,),
+    ).fetchall()
+    if not rows:
+        return found
+    by_message: dict[str, dict[str, list[str]]] = {}
+    for message_id, emoji, user in rows:
+        by_message.setdefault(message_id, {}).setdefault(emoji, []).append(user)
+    return [
+        attrs.evolve(m, reactions={e: tuple(u) for e, u in by_message[m.id].items()})
+        if m.id in by_message
+        else m
+        for m in found
+    ]
 
 
 def _check_limit(limit: int) -> None:
@@ -175,7 +232,7 @@ def _check_limit(limit: int) -> None:
 
 
 def page(
-    c: Any, conversation_id: str, before: int | None, limit: int
+    c: Any, conversation_id: str, before: int | None, limit: int, me: str = ""
 ) -> tuple[list[Message], int | None, bool]:
     """``(messages, lowest stored seq, history complete)`` from one snapshot.
 
@@ -186,7 +243,7 @@ def page(
     _check_limit(limit)
     if not has_conversation(c, conversation_id):
         raise NotFound(f"no conversation {conversation_id} in the store")
-    found = messages(c, conversation_id, before, limit)
+    found = messages(c, conversation_id, before, limit, me)
     lowest = lowest_seq(c, conversation_id)
     complete = get_meta(c, f"eoh:{conversation_id}") == "1"
     return found, lowest, complete
@@ -195,7 +252,15 @@ def page(
 def message_by_op(c: Any, me: str, op_id: str) -> Message | None:
     """``me``'s message created by send operation ``op_id`` (echo or server copy)."""
     row = c.execute(_BY_OP, (me, op_id)).fetchone()
-    return _message(row) if row else None
+    if row is None:
+        return None
+    return _with_read_by(c, me, row[0], _with_reactions(c, row[0], [_message(row)]))[0]
+
+
+def message_by_id(c: Any, message_id: str) -> Message | None:
+    """The stored message with server id ``message_id``, or None."""
+    row = c.execute(_BY_ID, (message_id,)).fetchone()
+    return _with_reactions(c, row[0], [_message(row)])[0] if row else None
 
 
 def message_count(c: Any, conversation_id: str | None) -> int:

@@ -122,5 +122,46 @@ def _initial(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_opaque_cursor_event_ids")
+def _opaque_cursor(db: Database) -> None:
+    # A protocol whose cursor is an opaque token (Matrix) keeps it in a TEXT column: in the
+    # INTEGER ``pos`` column SQLite's affinity would turn an all-digit token into a number.
+    # ``event_seqs`` maps a server event id to the order key this store gave it (Matrix
+    # events carry no seq): receipts and relations name events by id.
+    db.executescript(
+        """
+        ALTER TABLE cursors ADD COLUMN token TEXT;
+        CREATE TABLE event_seqs (
+            event_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        );
+        CREATE INDEX event_seqs_conv_seq ON event_seqs(conversation_id, seq);
+        """
+    )
+
+
+@MIGRATIONS(name="0003_replies")
+def _replies(db: Database) -> None:
+    # The server id a message replies to; for a local echo replying to a message still
+    # pending, the op id of that message's send (replaced by the server id on confirmation).
+    db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
+
+
+@MIGRATIONS(name="0004_reactions")
+def _reactions(db: Database) -> None:
+    # A set: a user's emoji on a message is there or not, so a repeated event changes nothing.
+    db.executescript(
+        """
+        CREATE TABLE reactions (
+            message_id TEXT NOT NULL,
+            emoji TEXT NOT NULL,
+            user TEXT NOT NULL,
+            PRIMARY KEY (message_id, emoji, user)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 #: Names of every migration this version knows, oldest first.
 SCHEMA_NAMES: tuple[str, ...] = tuple(m.name for m in MIGRATIONS._migrations)

@@ -34,8 +34,9 @@ from syncengine.models import (
     Typing,
 )
 from syncengine.protocol.ops import MAX_BODY_CHARS, MAX_TITLE_CHARS
-from syncengine.store import apply, outbox, queries
+from syncengine.store import apply, outbox, queries, unordered
 from syncengine.store.apply import ApplyResult
+from syncengine.store.chatops import ChatQueries
 from syncengine.store.db import StoreDB
 from syncengine.store.outbox import SENDING_LEASE_S, IllegalOutboxMove
 from syncengine.store.queries import STREAM
@@ -54,7 +55,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Store:
+class Store(ChatQueries):
     """The local SQLite store of one account.
 
     Args:
@@ -108,10 +109,9 @@ class Store:
         """Migrations applied to this file, oldest first."""
         return self._db.schema
 
-    def integrity_check(self, *, quick: bool = False) -> str:
-        """``PRAGMA integrity_check``, or ``quick_check`` when ``quick`` (``"ok"`` when
-        healthy)."""
-        return self._db.integrity_check(quick=quick)
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check`` (``"ok"`` when healthy)."""
+        return self._db.integrity_check()
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file."""
@@ -276,11 +276,11 @@ class Store:
 
     # --- applying what the server says (apply.py) ---------------------------------------------
 
-    def cursor(self) -> int:
+    def cursor(self) -> int | str:
         """The persisted stream position: every event up to it is stored."""
         return self._read(queries.read_cursor)
 
-    def reset_cursor(self, pos: int) -> None:
+    def reset_cursor(self, pos: int | str) -> None:
         """Set the cursor to ``pos``, even backwards (only a resync does this)."""
         self._write(apply.set_cursor, pos, self._clock(), force=True)
 
@@ -288,21 +288,23 @@ class Store:
         self,
         events: Sequence[ServerEvent],
         *,
-        cursor: int | None = None,
+        cursor: int | str | None = None,
         synced: bool = False,
+        backward: bool = False,
     ) -> ApplyResult:
         """Apply durable server events, and advance the cursor, in one transaction.
 
         Events may repeat or come in any order; the resulting state is the same (G4). With
         ``cursor`` the stream position moves to it (never backwards) in the same transaction
         (G3). ``synced`` records ``last_sync_at`` too (the catch-up reached the end).
+        Events without a seq (Matrix) get one from the store (``store/unordered.py``), in
+        delivery order, or counting down with ``backward`` (history paged back).
         Non-durable events in ``events`` are ignored here (see :meth:`apply_ephemeral`).
         """
+        if unordered.needs_numbering(events):
+            return self._write(_apply_numbered, events, self, cursor, synced, backward)
         page = apply.sort_events(events, self.user)
-        # What a page holds is on the server and is pulled again if a power loss takes the
-        # commit back, events and cursor together (G3): no fsync at this COMMIT.
-        with self._db.write(replayable=True) as c:
-            return apply.write_page(c, page, self._clock(), cursor=cursor, synced=synced)
+        return _apply_pulled(self, page, cursor, synced)
 
     def quarantine(self, raw: str, error: str, pos: int | None = None) -> None:
         """Keep an event that could not be applied (a poison event) for inspection."""
@@ -316,7 +318,7 @@ class Store:
         """Store history messages (``wire.HistoryMessage``) from back-pagination or a resync:
         the merge rules of :meth:`apply_events`, the cursor unmoved. Returns how many were given.
         """
-        self.apply_events(apply.history_events(messages))
+        self.apply_events(apply.history_events(messages), backward=True)
         return len(messages)
 
     def replace_conversations(self, conversations: Sequence[dict[str, Any]]) -> None:
@@ -385,10 +387,6 @@ class Store:
         """The conversations this user is a member of, with unread counts, newest activity first."""
         return self._read(queries.conversations, self.user)
 
-    def known_seqs(self) -> dict[str, int]:
-        """The highest stored seq of each of :meth:`conversations` (no unread counts)."""
-        return self._read(queries.known_seqs, self.user)
-
     def conversation(self, conversation_id: str) -> Conversation:
         """One conversation. Raises NotFound."""
         return self._read(queries.conversation, self.user, conversation_id)
@@ -406,7 +404,7 @@ class Store:
         ``limit`` server messages followed by the local echoes still pending or failed, in
         send order (they sit after the last server message, never interleaved by clock).
         """
-        return self._read(queries.messages, conversation_id, before, limit)
+        return self._read(queries.messages, conversation_id, before, limit, self.user)
 
     def page(
         self, conversation_id: str, *, before: int | None = None, limit: int = 50
@@ -417,11 +415,19 @@ class Store:
         Raises:
             NotFound: the conversation is not in the store.
         """
-        return self._read(queries.page, conversation_id, before, limit)
+        return self._read(queries.page, conversation_id, before, limit, self.user)
 
     def message_by_op(self, op_id: str) -> Message | None:
         """This user's message created by send operation ``op_id`` (echo or server copy)."""
         return self._read(queries.message_by_op, self.user, op_id)
+
+    def event_id_at(self, conversation_id: str, seq: int) -> str | None:
+        """The server id of the newest named event at or below ``seq`` (Matrix receipts)."""
+        return self._read(unordered.event_id_at, conversation_id, seq)
+
+    def message_event_id(self, op_id: str) -> str | None:
+        """The server id of this user's message sent with ``op_id`` (None: not yet known)."""
+        return self._read(unordered.message_event_id, self.user, op_id)
 
     def message_count(self, conversation_id: str | None = None) -> int:
         """How many messages are stored (in one conversation, or in all)."""
@@ -449,3 +455,29 @@ class Store:
         """
         now = self._clock()
         return self._read(queries.health, now, open_gaps)
+
+
+def _apply_numbered(
+    c: Any, events: Sequence[ServerEvent], store: Store, cursor: Any, synced: bool, backward: bool
+) -> ApplyResult:
+    """Number events that have no seq, then apply them, in the one write transaction."""
+    numbered = unordered.number_events(c, events, backward=backward)
+    page = apply.sort_events(numbered, store.user)
+    return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)
+
+
+def known_seqs(store: Store) -> dict[str, int]:
+    """The highest stored seq of each of :meth:`Store.conversations` (no unread counts)."""
+    return store._read(queries.known_seqs, store.user)
+
+
+def quick_check(store: Store) -> str:
+    """``PRAGMA quick_check`` (``"ok"`` when healthy): pages and b-trees, not index contents."""
+    return store._db.integrity_check(quick=True)
+
+
+def _apply_pulled(store: Store, page: Any, cursor: Any, synced: bool) -> ApplyResult:
+    """Commit a sorted page with its cursor, without an fsync: everything in it is on the
+    server and is pulled again if a power loss undoes the commit (G3, docs/store.md)."""
+    with store._db.write(replayable=True) as c:
+        return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)

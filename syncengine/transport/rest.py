@@ -10,6 +10,7 @@ in the ``Authorization`` header.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Sequence
@@ -40,7 +41,17 @@ from syncengine.transport.snapshots import (
 )
 from syncengine.wire import EventPage, HistoryPageWire, OpResult
 
-__all__ = ["RestTransport", "error_from_body", "error_from_response"]
+__all__ = ["BodyTooLarge", "RestTransport", "error_from_body", "error_from_response"]
+
+log = logging.getLogger("syncengine.transport")
+
+
+class BodyTooLarge(WireError):
+    """A response body over the limit the transport reads (a :class:`WireError`).
+
+    :meth:`RestTransport.pull` and :meth:`RestTransport.history` recover from it by
+    themselves (smaller pages); other requests raise it.
+    """
 
 
 def error_from_body(
@@ -106,14 +117,14 @@ async def _read_body(resp: httpx.Response, limit: int, *, cut: bool = False) -> 
     """
     declared = resp.headers.get("content-length")
     if not cut and declared is not None and declared.isdigit() and int(declared) > limit:
-        raise WireError(f"too large: {declared} bytes > limit {limit}", field="body")
+        raise BodyTooLarge(f"too large: {declared} bytes > limit {limit}", field="body")
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.aiter_bytes():
         size += len(chunk)
         if size > limit:
             if not cut:
-                raise WireError(f"too large: over {limit} bytes", field="body")
+                raise BodyTooLarge(f"too large: over {limit} bytes", field="body")
             chunks.append(chunk[: len(chunk) - (size - limit)])
             break
         chunks.append(chunk)
@@ -160,6 +171,11 @@ class RestTransport:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._token: str | None = None
+        # Page sizes known to fit the body limit, after a page came back too large (None:
+        # as the caller asks). Kept until the end is reached, so a catch-up does not ask for
+        # (and refuse) the same oversized page again and again.
+        self.pull_limit_cap: int | None = None
+        self.history_limit_cap: int | None = None
         # A 429's Retry-After holds for the whole client, not only the refused request.
         self._gate = RetryAfterGate()
         self._rules = _rules(self.base_url)
@@ -252,20 +268,76 @@ class RestTransport:
         )
 
     async def pull(self, since: int, limit: int) -> EventPage:
-        """``GET /v1/events?since=&limit=``: one page of events."""
-        return wire.decode_page(
-            await self._request("GET", "/v1/events", params={"since": since, "limit": limit})
-        )
+        """``GET /v1/events?since=&limit=``: one page of events.
+
+        A page whose body is over :data:`~syncengine.wire.MAX_PAGE_BYTES` is asked for
+        again with half the ``limit``, down to 1 (at most about ten tries); the smaller page
+        comes back with ``has_more``, so the caller simply continues from its ``next``.
+        Later pulls ask for that smaller size (:attr:`pull_limit_cap`) until one reaches
+        the end. Only a single event over the limit, which no legal server sends, raises.
+
+        Raises:
+            BodyTooLarge: one event alone is over the limit.
+        """
+        size = min(limit, self.pull_limit_cap or limit)
+        while True:
+            try:
+                body = await self._request(
+                    "GET", "/v1/events", params={"since": since, "limit": size}
+                )
+                break
+            except BodyTooLarge as exc:
+                size = self._shrink("pull", since, size, exc)
+                self.pull_limit_cap = size
+        page = wire.decode_page(body)
+        if not page.has_more:
+            self.pull_limit_cap = None
+        return page
 
     async def history(
         self, conversation_id: str, before: int | None, limit: int
     ) -> HistoryPageWire:
-        """``GET /v1/conversations/{id}/messages``: one page of history, oldest first."""
-        params: dict[str, Any] = {"limit": limit}
-        if before is not None:
-            params["before"] = before
+        """``GET /v1/conversations/{id}/messages``: one page of history, oldest first.
+
+        Like :meth:`pull`, a page over the body limit is asked for again with half the
+        ``limit`` (:attr:`history_limit_cap` keeps the size that fits); the smaller page
+        holds the newest messages before ``before`` and is not the end of history.
+
+        Raises:
+            BodyTooLarge: one message alone is over the limit.
+        """
         path = f"/v1/conversations/{_segment(conversation_id)}/messages"
-        return wire.decode_history(await self._request("GET", path, params=params))
+        size = min(limit, self.history_limit_cap or limit)
+        while True:
+            params: dict[str, Any] = {"limit": size}
+            if before is not None:
+                params["before"] = before
+            try:
+                body = await self._request("GET", path, params=params)
+                break
+            except BodyTooLarge as exc:
+                size = self._shrink("history", before, size, exc)
+                self.history_limit_cap = size
+        page = wire.decode_history(body)
+        if page.end_of_history:
+            self.history_limit_cap = None
+        return page
+
+    @staticmethod
+    def _shrink(what: str, at: int | None, size: int, exc: BodyTooLarge) -> int:
+        """The next, halved page size after a body over the limit (re-raises at 1)."""
+        if size <= 1:
+            raise exc
+        smaller = size // 2
+        log.warning(
+            "%s page of %d from %s over the body limit (%s): asking for %d",
+            what,
+            size,
+            at,
+            exc.reason,
+            smaller,
+        )
+        return smaller
 
     async def conversation_list(self) -> ConversationList:
         """``GET /v1/conversations``, typed: the user's conversations and the head."""

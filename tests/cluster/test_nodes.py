@@ -186,3 +186,42 @@ async def test_a_node_started_later_serves_the_whole_log(nodes: Any) -> None:
         assert [e["pos"] for e in r.json()["events"]] == [1]
         await eventually(lambda: a.core.hub.relayed == b.core.storage.head, timeout=2)
         await asyncio.sleep(0)
+
+
+async def test_failed_login_and_registration_limits_hold_across_nodes(nodes: Any) -> None:
+    """Issue 13: the per-address limits are one budget for the cluster, and wrong passwords
+    hammered through both nodes never refuse the victim's right one from its own address."""
+    a, b = await nodes(2, login_fail_burst=3, register_burst=2)
+    attacker = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with httpx.AsyncClient() as victim, httpx.AsyncClient(transport=attacker) as bad:
+        await login(victim, a.url, "victim")
+        codes = []
+        for i in range(6):
+            node = (a, b)[i % 2]
+            body = {"user": "victim", "password": f"wrong{i}", "device": "d"}
+            codes.append((await bad.post(node.url + "/v1/login", json=body)).status_code)
+        assert codes == [401, 401, 401, 429, 429, 429]
+        await login(victim, b.url, "victim")  # the right password, from its own address
+        fresh = []
+        for i in range(3):
+            node = (a, b)[i % 2]
+            body = {"user": f"fresh{i}", "password": "pw", "device": "d"}
+            fresh.append((await bad.post(node.url + "/v1/login", json=body)).status_code)
+        assert fresh == [200, 200, 429]
+
+
+async def test_a_block_made_on_one_node_holds_on_the_other(nodes: Any) -> None:
+    a, b = await nodes(2)
+    async with httpx.AsyncClient() as client:
+        bob = await login(client, a.url, "bob")
+        mallory = await login(client, b.url, "mallory")
+        r = await client.put(
+            a.url + "/v1/blocks/mallory", headers={"Authorization": f"Bearer {bob}"}
+        )
+        assert r.json() == {"blocked": ["mallory"]}
+        r = await client.post(
+            b.url + "/v1/conversations",
+            json={"id": new_id(), "title": "x", "members": ["bob"]},
+            headers={"Authorization": f"Bearer {mallory}"},
+        )
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"

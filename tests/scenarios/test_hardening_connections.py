@@ -101,12 +101,6 @@ def half_open(port: int, count: int, source: str) -> list[socket.socket]:
     return held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: no connection cap per address, no handshake/header timeouts: half-open "
-    "connections exhaust the descriptors and legitimate requests time out",
-)
 @pytest.mark.timeout(90)
 def test_legitimate_client_is_served_while_a_connection_flood_is_held(tmp_path: Path) -> None:
     with serve_with_nofile(tmp_path, NOFILE) as (port, log):

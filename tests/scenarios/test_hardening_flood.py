@@ -102,12 +102,6 @@ def _backoffs(engine: SyncEngine) -> list[str]:
     return reasons
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: pull pages are bounded in events only; legal messages make a 500-event "
-    "page of ~35.6 MB, over the engine's 32 MiB",
-)
 @pytest.mark.timeout(120)
 async def test_server_pull_pages_stay_under_the_engine_limit(tmp_path: Path) -> None:
     """Every page the server answers, at any limit the protocol allows, is under 32 MiB, and
@@ -139,12 +133,6 @@ async def test_server_pull_pages_stay_under_the_engine_limit(tmp_path: Path) -> 
                 assert messages == FLOOD, f"limit={limit}: {messages} of {FLOOD} messages"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: the victim's new device refuses the oversized page and retries it for "
-    "ever; it never catches up",
-)
 @pytest.mark.timeout(120)
 async def test_new_device_of_the_victim_catches_up_after_a_heavy_flood(tmp_path: Path) -> None:
     """bob's new device, with the engine's defaults, holds every flood message within 20 s."""
@@ -157,12 +145,6 @@ async def test_new_device_of_the_victim_catches_up_after_a_heavy_flood(tmp_path:
             await _wait_for_count(bob, cid, FLOOD, 20, backoffs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: the engine retries an oversized page for ever instead of asking for "
-    "smaller pages",
-)
 @pytest.mark.timeout(120)
 async def test_engine_recovers_from_an_oversized_page_by_itself(tmp_path: Path) -> None:
     """Against a server that bounds pages in events only, the engine still catches up: it asks

@@ -46,11 +46,6 @@ async def login(client: httpx.AsyncClient, user: str, password: str) -> httpx.Re
     return await client.post("/v1/login", json={"user": user, "password": password, "device": "d"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: registration is not limited per client address: every fresh name is created",
-)
 @pytest.mark.timeout(60)
 async def test_registration_burst_is_limited_per_address(tmp_path: Path) -> None:
     async with run_server(tmp_path / "srv") as srv:
@@ -75,12 +70,6 @@ async def test_registration_burst_is_limited_per_address(tmp_path: Path) -> None
         assert created < len(ATTACKERS) * REGISTRATIONS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: failed logins are limited per user name only: an attacker hammering "
-    "wrong passwords locks the victim's correct password out",
-)
 @pytest.mark.timeout(60)
 async def test_victim_logs_in_while_wrong_passwords_are_hammered(tmp_path: Path) -> None:
     async with run_server(tmp_path / "srv") as srv:

@@ -39,12 +39,6 @@ def _umask_000() -> None:
     os.umask(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: a trailing slash answers a 307 redirect (Starlette's redirect_slashes) "
-    "instead of a JSON error",
-)
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", ["/v1/events/", "/v1/conversations/", "/v1/presence/"])
 async def test_trailing_slash_gets_a_json_error_not_a_redirect(tmp_path: Path, path: str) -> None:
@@ -59,11 +53,6 @@ async def test_trailing_slash_gets_a_json_error_not_a_redirect(tmp_path: Path, p
     assert isinstance(body.get("code"), str) and isinstance(body.get("reason"), str), body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: the presence list omits the caller when the caller has no conversation",
-)
 @pytest.mark.timeout(30)
 async def test_presence_list_includes_a_caller_without_conversations(tmp_path: Path) -> None:
     async with run_server(tmp_path / "srv") as srv:
@@ -76,11 +65,6 @@ async def test_presence_list_includes_a_caller_without_conversations(tmp_path: P
     assert "loner" in users, f"the caller is missing from {users}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: the parents of the server's data directory are created 0777 under umask 000",
-)
 @pytest.mark.timeout(60)
 def test_serve_creates_every_data_folder_0700_under_umask_000(tmp_path: Path) -> None:
     root = tmp_path / "root"
@@ -113,11 +97,6 @@ def test_serve_creates_every_data_folder_0700_under_umask_000(tmp_path: Path) ->
     assert modes == dict.fromkeys(modes, "0o700"), modes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13: the parents of a store's folder are created 0777 under umask 000",
-)
 @pytest.mark.timeout(60)
 async def test_cli_creates_every_store_folder_0700_under_umask_000(tmp_path: Path) -> None:
     root = tmp_path / "root"

@@ -68,8 +68,9 @@ class Storage(SqliteStorage):
         from syncengine.server import writes
 
         with self.write() as tx:
+            # A seeding helper (tests, tools): its members need not have logged in yet.
             created, _pos, _ts = writes.create_conversation(
-                tx, actor, conversation_id, title, members
+                tx, actor, conversation_id, title, members, known_only=False
             )
             conv = writes.snapshot(tx, conversation_id, actor)
         return conv, tx.committed, created

@@ -139,6 +139,12 @@ class UserStorage(Protocol):
     def users(self) -> list[str]:
         """Every user name, sorted."""
 
+    def blocked_by(self, user: str) -> list[str]:
+        """The users ``user`` has blocked (who may not add them to a conversation), sorted."""
+
+    def set_blocked(self, user: str, other: str, blocked: bool) -> None:
+        """Block (``blocked=True``) or unblock ``other`` for ``user``; idempotent."""
+
 
 class ConversationStorage(Protocol):
     """Conversations and their members, read outside a write."""
@@ -214,6 +220,9 @@ class ConversationWrites(Protocol):
     def is_member(self, conversation_id: str, user: str) -> bool:
         """Whether ``user`` is a member now."""
 
+    def unknown_users(self, users: Iterable[str]) -> list[str]:
+        """The names in ``users`` that have no account on this server, sorted."""
+
     def add_member(self, conversation_id: str, user: str, from_pos: int) -> None:
         """Add a member who sees events from ``from_pos`` on."""
 
@@ -228,6 +237,9 @@ class ConversationWrites(Protocol):
 
     def snapshot(self, conversation_id: str, viewer: str) -> ConversationSnapshot | None:
         """The conversation as ``viewer`` sees it, or None when it does not exist."""
+
+    def blockers_of(self, actor: str, users: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``users`` who have blocked ``actor``, sorted."""
 
 
 class LogWrites(Protocol):

@@ -118,6 +118,24 @@ class _Reads:
         )
         return row is not None
 
+    def unknown_users(self, users: Iterable[str]) -> list[str]:
+        """The names in ``users`` that have no account here, sorted."""
+        names = sorted(set(users))
+        rows = self._all("SELECT name FROM users WHERE name = ANY(%s)", (names,))
+        known = {row[0] for row in rows}
+        return [name for name in names if name not in known]
+
+    def blockers_of(self, actor: str, users: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``users`` who have blocked ``actor``, sorted."""
+        if not users:
+            return ()
+        rows = self._all(
+            "SELECT username FROM blocks WHERE blocked = %s AND username = ANY(%s)"
+            " ORDER BY username",
+            (actor, list(users)),
+        )
+        return tuple(row[0] for row in rows)
+
     def snapshot(self, conversation_id: str, viewer: str) -> ConversationSnapshot | None:
         """The conversation as ``viewer`` sees it (their read marker), or None."""
         with self._lock:
@@ -536,6 +554,25 @@ class PostgresStorage(_Reads):
         """Every user name, sorted."""
         return [row[0] for row in self._all("SELECT name FROM users ORDER BY name")]
 
+    def blocked_by(self, user: str) -> list[str]:
+        """The users ``user`` has blocked, sorted."""
+        rows = self._all("SELECT blocked FROM blocks WHERE username = %s ORDER BY blocked", (user,))
+        return [row[0] for row in rows]
+
+    def set_blocked(self, user: str, other: str, blocked: bool) -> None:
+        """Block (``blocked=True``) or unblock ``other`` for ``user``; idempotent."""
+        with self._lock:
+            if blocked:
+                self.conn.execute(
+                    "INSERT INTO blocks (username, blocked, created_ms) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (username, blocked) DO NOTHING",
+                    (user, other, self.now_ms()),
+                )
+            else:
+                self.conn.execute(
+                    "DELETE FROM blocks WHERE username = %s AND blocked = %s", (user, other)
+                )
+
     def notify(self, channel: str, payload: str) -> None:
         """``NOTIFY channel, payload`` now (outside any write)."""
         with self._lock:
@@ -559,6 +596,17 @@ class PostgresStorage(_Reads):
         )
         tokens, granted = row
         return 0.0 if granted else (1.0 - float(tokens)) / rate
+
+    def peek_token(self, key: str, rate: float, burst: float) -> float:
+        """The seconds until the shared bucket ``key`` has a token (0.0: now); takes none."""
+        row = self._one(
+            "SELECT LEAST(%s, tokens + (extract(epoch FROM clock_timestamp()) - updated_s) * %s)"
+            " FROM rate_buckets WHERE key = %s",
+            (float(burst), float(rate), key),
+        )
+        if row is None or float(row[0]) >= 1.0:
+            return 0.0
+        return (1.0 - float(row[0])) / rate
 
     def forget_idle_buckets(self, idle_s: float) -> None:
         """Delete buckets untouched for ``idle_s`` seconds (they are full again)."""

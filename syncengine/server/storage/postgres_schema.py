@@ -9,6 +9,8 @@ The tables mirror the SQLite ones (:mod:`~syncengine.server.storage.sqlite_schem
                   serialised: positions are dense, and commit order is pos order (a reader
                   never sees pos 11 before pos 10 commits).
     rate_buckets  token buckets shared by every node (REST and login rate limits).
+    blocks        (username, blocked): ``username`` refuses to be added by ``blocked``
+                  (as in SQLite; created when missing).
     meta          ``schema_version``.
 
 Several nodes may start at once: the schema is created under a transaction-level advisory
@@ -128,6 +130,13 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blocks (
+    username TEXT NOT NULL,
+    blocked TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (username, blocked)
+);
+CREATE INDEX IF NOT EXISTS idx_blocks_blocked ON blocks (blocked);
 """
 
 

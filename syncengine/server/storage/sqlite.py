@@ -21,9 +21,11 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
+from syncengine.paths import make_private_dirs
 from syncengine.protocol import codec
 from syncengine.protocol.events import DurableEvent
 from syncengine.server.storage.interface import Committed
+from syncengine.server.storage.sqlite_blocks import BlockTables, BlockTx
 from syncengine.server.storage.sqlite_conversations import ConversationReads, ConversationTx
 from syncengine.server.storage.sqlite_log import LogReads, LogTx
 from syncengine.server.storage.sqlite_schema import create_schema
@@ -32,7 +34,7 @@ from syncengine.server.storage.sqlite_users import UserTables
 __all__ = ["SqliteStorage", "SqliteTx"]
 
 
-class SqliteTx(ConversationTx, LogTx):
+class SqliteTx(ConversationTx, LogTx, BlockTx):
     """One open write transaction of a :class:`SqliteStorage` (its lock is held).
 
     Attributes:
@@ -93,7 +95,7 @@ class SqliteTx(ConversationTx, LogTx):
             raise
 
 
-class SqliteStorage(UserTables, ConversationReads, LogReads):
+class SqliteStorage(UserTables, BlockTables, ConversationReads, LogReads):
     """The server's database in one SQLite file. Thread-safe: every call holds one lock.
 
     Args:
@@ -109,7 +111,7 @@ class SqliteStorage(UserTables, ConversationReads, LogReads):
         retention: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(path.parent)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path

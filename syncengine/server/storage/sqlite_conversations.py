@@ -43,6 +43,19 @@ class ConversationReads:
             ).fetchone()
         return row is not None
 
+    def unknown_users(self, users: Iterable[str]) -> list[str]:
+        """The names in ``users`` that have no account here, sorted."""
+        names = sorted(set(users))
+        with self._lock:
+            known = {
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT name FROM users WHERE name IN ({','.join('?' * len(names))})",
+                    names,
+                )
+            }
+        return [name for name in names if name not in known]
+
     def snapshot(self, conversation_id: str, viewer: str) -> ConversationSnapshot | None:
         """The conversation as ``viewer`` sees it (their read marker), or None."""
         with self._lock:

@@ -16,6 +16,9 @@ Tables::
                    written in the same transaction as the operation's effect
     reads          (conversation_id, user) → read_seq
     meta           oldest_pos (the oldest position the log still serves)
+    blocks         (user, blocked): ``user`` refuses to be added to conversations by
+                   ``blocked`` (added after schema 1 was first written: created when missing,
+                   older servers ignore it)
 
 The statements are the ones sqlite-utils wrote for schema 1, so files written before this
 module existed open unchanged.
@@ -121,6 +124,14 @@ CREATE TABLE IF NOT EXISTS "meta" (
    "key" TEXT PRIMARY KEY,
    "value" INTEGER
 );
+CREATE TABLE IF NOT EXISTS "blocks" (
+   "user" TEXT NOT NULL,
+   "blocked" TEXT NOT NULL,
+   "created_ms" INTEGER NOT NULL,
+   PRIMARY KEY ("user", "blocked")
+);
+CREATE INDEX IF NOT EXISTS "idx_blocks_blocked"
+    ON "blocks" ("blocked");
 """
 
 

@@ -16,7 +16,7 @@ import attrs
 import httpx
 
 import syncengine.transport.matrix.convert as convert
-from syncengine.errors import AuthFailed, TransportError, WireError
+from syncengine.errors import AuthFailed, Rejected, TransportError, WireError
 from syncengine.transport.matrix.http import CLIENT, MatrixHttp, segment
 from syncengine.transport.matrix.live import MatrixSyncLink
 from syncengine.transport.matrix.push import OpPusher, Unresolved
@@ -248,7 +248,12 @@ class MatrixTransport:
         now_ms = int(time.time() * 1000)
         out = []
         for user in users:
-            answer = await self.http.request("GET", f"{CLIENT}/presence/{segment(user)}/status")
+            try:
+                answer = await self.http.request("GET", f"{CLIENT}/presence/{segment(user)}/status")
+            except Rejected:
+                # 403 for a user who shares no room with us yet (only invited): no snapshot;
+                # their changes arrive through /sync once they join.
+                continue
             status = convert.PRESENCE_IN.get(str(answer.get("presence")))
             ago = answer.get("last_active_ago")
             if status is not None:
