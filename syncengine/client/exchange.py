@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from syncengine.client.config import EngineConfig
     from syncengine.core.sync import SyncProtocol
     from syncengine.store import Store
+    from syncengine.wire import EventPage
 
 __all__ = ["EPOCH_META", "RESYNC_META", "Exchange", "known_seqs"]
 
@@ -139,7 +140,9 @@ class Exchange:
         ]
         if not updates:
             return []
-        return readded_conversations(updates, me, {cid: _stored_members(store, cid) for cid, _m in updates})
+        return readded_conversations(
+            updates, me, {cid: _stored_members(store, cid) for cid, _m in updates}
+        )
 
     async def _refill(self, cid: str) -> None:
         """Read a conversation's history again, as a resync does (the user is back in it)."""

@@ -47,8 +47,8 @@ __all__ = [
     "error_for_handshake",
     "error_for_status",
     "full_jitter",
-    "retry_after_seconds",
     "rate_limit_wait",
+    "retry_after_seconds",
     "status_rule",
     "status_table_markdown",
 ]

@@ -216,7 +216,9 @@ async def _sync_waiting_out_429(engine: SyncEngine, deadline: float) -> SyncComp
         return attrs.evolve(done, pushed=total.pushed, pulled=total.pulled)
 
 
-async def _tick(engine: SyncEngine, on_progress: Callable[[int | None, SyncCounters], None]) -> None:
+async def _tick(
+    engine: SyncEngine, on_progress: Callable[[int | None, SyncCounters], None]
+) -> None:
     head = await progress_head(engine)
     while True:
         on_progress(head, counters(engine))
