@@ -36,6 +36,9 @@ class FakeCore:
         self.received.append(self.cursor)
         return not page.has_more
 
+    def server_answered(self) -> None:
+        pass
+
 
 class FakeExchange:
     def __init__(self, fail_at: int | None = None, gate: threading.Event | None = None) -> None:
@@ -58,6 +61,12 @@ class FakeExchange:
 
     async def _resync(self, transport: Any) -> None:
         raise AssertionError("no resync here")
+
+    def send_epoch(self, transport: Any) -> None:
+        pass  # the epoch's own tests are end to end (tests/scenarios/test_server_restore.py)
+
+    def keep_epoch(self, transport: Any, page: EventPage) -> None:
+        pass
 
 
 class FakeTransport:
