@@ -1,6 +1,9 @@
-"""Catch-up against the reference server's default request-rate limit (issue 17).
+"""Catch-up against the reference server's default request-rate limits (issue 17).
 
-The server limits each user's REST requests with one token bucket (``ServerConfig``'s
+Since issue 17, pulls draw from a budget of their own (``pull_rate_per_s`` = 1000 pages/s,
+``pull_burst`` = 2000; ``serve --pull-rate/--pull-burst``), and the figures below measure
+that budget; ``cap_events_per_s`` and ``floor_s`` are computed from it. Before, the server
+limited each user's REST requests with one token bucket (``ServerConfig``'s
 ``rate_per_s`` = 50 requests/s, ``rate_burst`` = 100; ``syncengine serve`` has no option for
 them). A pull page costs one token whatever it holds, so once the burst is spent a catch-up of
 500-event pages is capped at 50 x 500 = 25,000 events/s: a catch-up of P pages cannot end in
@@ -39,7 +42,7 @@ async def run(smoke: bool, seed: int) -> None:
     n = bl.sized(300_000, smoke)
     held = bl.sized(10_000, smoke)
     limits = bl.default_limits()
-    low = {"rate_per_s": 2.0, "rate_burst": 4}
+    low = {"rate_per_s": 2.0, "rate_burst": 4, "pull_rate_per_s": 2.0, "pull_burst": 4}
     started = time.perf_counter()
     with bl.workdir() as tmp:
         bl.catchup_setup(tmp, n, held, seed=seed)
@@ -61,7 +64,7 @@ async def run(smoke: bool, seed: int) -> None:
             for db in (dbs["cli_low"], dbs["daemon_low"]):
                 bl.point_store_at(db, srv.url)
             cli_low = bl.run_process(bl.cli_command(dbs["cli_low"], "sync"), timeout=TIMEOUT_S)
-            time.sleep(0.0 if smoke else low["rate_burst"] / low["rate_per_s"])  # refill
+            time.sleep(0.0 if smoke else low["pull_burst"] / low["pull_rate_per_s"])  # refill
             window = 1.0 if smoke else WINDOW_S
             daemon_pulled, daemon_log = bl.run_daemon_for(dbs["daemon_low"], window)
         assert raised_doc["events"] == default_doc["events"] == n, (raised_doc, default_doc)
@@ -81,7 +84,7 @@ async def run(smoke: bool, seed: int) -> None:
     bl.emit(
         "catch_up_limits",
         f"catch-up pulls ({n:,} events) under the server's default rate limit "
-        f"({limits['rate_per_s']:g} req/s, burst {limits['rate_burst']})",
+        f"(pulls {limits['pull_rate_per_s']:g}/s, burst {limits['pull_burst']})",
         unit="events/s",
         value=default_rate,
         baseline=raised_rate,
@@ -95,8 +98,8 @@ async def run(smoke: bool, seed: int) -> None:
         throttled_429=throttled,
         throttled_rate=sustained,
         first_429_after_events=default_doc["first_429_events"],
-        cap_events_per_s=limits["rate_per_s"] * PAGE,
-        floor_s=max(0.0, (pages - limits["rate_burst"]) / limits["rate_per_s"]),
+        cap_events_per_s=limits["pull_rate_per_s"] * PAGE,
+        floor_s=max(0.0, (pages - limits["pull_burst"]) / limits["pull_rate_per_s"]),
         pull_s={"raised": raised_doc["seconds"], "default": default_doc["seconds"]},
         process_s={"raised": raised.seconds, "default": default.seconds},
         low_limits=low,
@@ -111,7 +114,7 @@ async def run(smoke: bool, seed: int) -> None:
             "window_s": window,
             "pulled": daemon_pulled,
             "events_per_s": daemon_pulled / window,
-            "cap_events_per_s": low["rate_per_s"] * PAGE,
+            "cap_events_per_s": low["pull_rate_per_s"] * PAGE,
             "rate_limited_in_log": daemon_log.count("rate_limited"),
         },
     )

@@ -57,6 +57,8 @@ REQUIRED_KEYS = (
 SERVER_OVERRIDES: dict[str, Any] = {
     "rate_per_s": 1e9,
     "rate_burst": 1_000_000_000,
+    "pull_rate_per_s": 1e9,
+    "pull_burst": 1_000_000_000,
     "login_rate_per_s": 1e9,
     "login_burst": 1_000_000_000,
     "ws_send_queue": 1_000_000,
@@ -288,13 +290,18 @@ def server_process(data_dir: Path, **overrides: Any) -> Child:
 
 
 def default_limits() -> dict[str, Any]:
-    """The reference server's default REST request-rate limits (``ServerConfig``'s own)."""
+    """The reference server's default REST and pull rate limits (``ServerConfig``'s own)."""
     import attrs
 
     from syncengine.server.config import ServerConfig
 
     fields = attrs.fields(ServerConfig)
-    return {"rate_per_s": fields.rate_per_s.default, "rate_burst": fields.rate_burst.default}
+    return {
+        "rate_per_s": fields.rate_per_s.default,
+        "rate_burst": fields.rate_burst.default,
+        "pull_rate_per_s": fields.pull_rate_per_s.default,
+        "pull_burst": fields.pull_burst.default,
+    }
 
 
 def feeder_process(mode: str, n: int, *, head: int = 0, seed: int = 1) -> Child:

@@ -65,6 +65,7 @@ from syncengine.models import ConnectionState
 from syncengine.paths import cli_command, token_path
 from syncengine.sdnotify import notify
 from syncengine.store import Store
+from syncengine.store.store import quick_check
 
 __all__ = [
     "EXIT_CODES",
@@ -335,7 +336,11 @@ class Daemon:
         """
         store = Store(db)
         try:
-            result = store.integrity_check()
+            # quick_check, not integrity_check, at every start: it reads every page and
+            # checks every b-tree, which is where a torn write or a bad disk shows, but
+            # skips matching each index against its table, which took 0.2 s at 200,000
+            # messages and grows with the store (docs/store.md).
+            result = quick_check(store)
             if result != "ok":
                 raise StoreCorrupt(
                     f"the database file is damaged: {db} ({result.splitlines()[0]})", path=str(db)

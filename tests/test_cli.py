@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from syncengine.cli import cli
+from syncengine.client.credentials import load_token
 from syncengine.models import OutboxState
 from syncengine.paths import token_path
 from syncengine.server.config import ServerConfig
@@ -441,6 +443,49 @@ def test_server_away_sync_and_wait_exit_1_and_keep_the_work(tmp_path: Path) -> N
         item = store.outbox_item(op_id)
         assert item is not None and item.state is OutboxState.PENDING
         assert store.health().pending == 3 and store.health().sending == 0
+
+
+def _send_many(url: str, db: Path, cid: str, count: int, prefix: str = "m") -> None:
+    """``count`` messages from the account of ``db``, pushed over HTTP in batches of 500."""
+    token = load_token(db)
+    ops = [
+        {"op_id": f"{prefix}{i:05d}", "kind": "send", "conversation_id": cid, "body": f"m{i}"}
+        for i in range(count)
+    ]
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for start in range(0, count, 500):
+            response = client.post(
+                "/v1/ops",
+                json={"ops": ops[start : start + 500]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            response.raise_for_status()
+
+
+def test_sync_waits_out_a_429_within_its_timeout(tmp_path: Path) -> None:
+    # Pulls limited to one page at once and 2 a second: a 1,200-event catch-up (3 pages of
+    # 500) meets 429 twice and must wait them out instead of exiting 1.
+    config = ServerConfig(
+        data_dir=tmp_path / "limited", pull_rate_per_s=2.0, pull_burst=1, **TEST_DEFAULTS
+    )
+    with ServerThread(config) as server:
+        alice, bob = tmp_path / "alice.db", tmp_path / "bob.db"
+        login(alice, server.url, "alice")
+        login(bob, server.url, "bob")
+        cid = new_conversation(alice, "bob")
+        one_json(invoke("--db", str(alice), "--json", "sync"))
+        _send_many(server.url, alice, cid, 1200)
+        started = time.monotonic()
+        done = one_json(invoke("--db", str(bob), "--json", "sync", "--timeout", "20"))
+        assert done["pulled"] >= 1200
+        assert time.monotonic() - started >= 0.5  # it did wait for the server's tokens
+        with Store(bob) as store:
+            assert len(store.messages(cid, limit=2000)) == 1200
+        # A timeout that the server's pause does not fit gives up at once, work kept.
+        one_json(invoke("--db", str(alice), "--json", "sync"))  # spends no pull token
+        _send_many(server.url, alice, cid, 1200, prefix="n")
+        result = invoke("--db", str(bob), "sync", "--timeout", "0.3")
+        assert_user_error(result, "rate_limited")
 
 
 # --- tail ----------------------------------------------------------------------------------------

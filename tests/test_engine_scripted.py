@@ -181,3 +181,21 @@ async def test_failed_presence_refresh_keeps_the_live_link(tmp_path: Path) -> No
         for link in server.links:
             link.release.set()
         await asyncio.wait_for(engine.close(), 10)
+
+
+async def test_waiting_out_an_apply_keeps_a_cancellation_that_lands_meanwhile() -> None:
+    # The catch-up waits for an apply running on its thread before it lets go of the store
+    # (client/catchup.py). A cancellation (close()) landing during that wait must still end
+    # the task once the apply is over: under suppress(BaseException) it was swallowed.
+    from syncengine.client.tasks import wait_through_cancel
+
+    loop = asyncio.get_running_loop()
+    apply: asyncio.Future[None] = loop.create_future()
+    waiting = loop.create_task(wait_through_cancel([apply]))
+    await asyncio.sleep(0)  # the task is now inside its wait
+    waiting.cancel()
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the apply has not ended: the store is still in use
+    apply.set_exception(RuntimeError("the page failed"))
+    await asyncio.wait([waiting], timeout=5)
+    assert waiting.cancelled()  # the cancellation was kept, the apply's failure retrieved

@@ -20,6 +20,7 @@ from syncengine.core.policy import (
     error_for_close,
     error_for_handshake,
     error_for_status,
+    rate_limit_wait,
     retry_after_seconds,
     status_rule,
     status_table_markdown,
@@ -145,7 +146,8 @@ def test_live_close_codes() -> None:
     ("header", "body_ms", "expected"),
     [
         ("2", None, 2.0),
-        ("0.25", 9000, 0.25),  # the header wins over the body
+        ("1", 20, 0.02),  # the body's milliseconds win over the header's whole seconds
+        ("2", "soon", 2.0),  # a body that names no number: the header's
         ("-3", None, 0.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 1500, 1.5),  # unreadable header: the body's
         ("soon", None, None),
@@ -177,3 +179,20 @@ def test_architecture_doc_prints_the_status_table() -> None:
     assert status_table_markdown() in DOC.read_text(), (
         "regenerate: python -m syncengine.core.policy"
     )
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "remaining", "expected"),
+    [
+        (0.02, 10.0, 0.02),  # the server's pause fits: wait it out
+        (5.0, 4.0, None),  # it does not: give up now rather than sleep into the deadline
+        (5.0, 5.0, None),
+        (None, 10.0, 1.0),  # no pause named: a second
+        (None, 0.5, None),
+        (-1.0, 1.0, 0.0),
+    ],
+)
+def test_a_one_shot_sync_waits_out_a_429_that_fits_its_timeout(
+    retry_after: float | None, remaining: float, expected: float | None
+) -> None:
+    assert rate_limit_wait(retry_after, remaining) == expected

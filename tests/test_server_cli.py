@@ -91,6 +91,30 @@ def test_serve_runs_simulates_and_stops_on_sigterm(
     assert (tmp_path / "data" / "server.sqlite3").exists()
 
 
+def test_serve_takes_its_rate_limits(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    proc, url = _start(
+        "--port", "0", "--data", str(tmp_path / "data"), "--rate", "0.5", "--burst", "2",
+        "--pull-rate", "0.5", "--pull-burst", "3",
+    )  # fmt: skip
+    processes.append(proc)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        token = client.post(
+            "/v1/login", json={"user": "alice", "password": "pw", "device": "d"}
+        ).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        pulls = [
+            client.get("/v1/events", params={"since": 0}, headers=headers).status_code
+            for _ in range(4)
+        ]
+        rest = [client.get("/v1/conversations", headers=headers).status_code for _ in range(3)]
+    assert pulls == [200, 200, 200, 429]
+    assert rest == [200, 200, 429]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+
+
 def test_serve_stops_on_sigint_and_loads_users(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -134,6 +158,8 @@ def test_a_bad_flag_is_a_one_line_error(tmp_path: Path) -> None:
         (["--retention", "0"], "--retention"),
         (["--bogus"], "--bogus"),
         (["--simulate", "-1"], "--simulate"),
+        (["--rate", "0"], "--rate"),
+        (["--pull-burst", "0"], "--pull-burst"),
         (["--users", "/nonexistent/users.txt"], "--users"),
         (["--page-bytes", "100"], "--page-bytes"),
         (["--page-bytes", str(32 << 20)], "--page-bytes"),

@@ -637,6 +637,29 @@ async def test_rest_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:
         assert other.status_code == 200
 
 
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_pulls_draw_from_their_own_budget(tmp_path: Path, kind: str) -> None:
+    # A catch-up asks for page after page: it must not spend (or be stopped by) the abuse
+    # limit that every other request shares, and it has a limit of its own.
+    async with open_api(kind, tmp_path, rate_per_s=0.5, rate_burst=3, pull_rate_per_s=0.5,
+                        pull_burst=6) as api:  # fmt: skip
+        await api.login("alice")
+        pulls = [
+            (await api.client.get("/v1/events", params={"since": 0},
+                                  headers=api.auth("alice"))).status_code
+            for _ in range(7)
+        ]  # fmt: skip
+        assert pulls == [200] * 6 + [429]
+        rest = [
+            (await api.client.get("/v1/conversations", headers=api.auth("alice"))).status_code
+            for _ in range(4)
+        ]
+        assert rest == [200, 200, 200, 429]
+        # The REST budget is empty, the pull budget refills on its own clock.
+        again = await api.client.get("/v1/events", params={"since": 0}, headers=api.auth("alice"))
+        assert again.status_code == 429 and again.json()["retry_after_ms"] <= 2000
+
+
 async def test_login_rate_limit_per_user_name(tmp_path: Path) -> None:
     async with open_api("asgi", tmp_path, login_rate_per_s=0.1, login_burst=2) as api:
         body = {"user": "alice", "password": "pw", "device": "d"}

@@ -181,6 +181,12 @@ def test_one_table_maps_every_code_to_its_status() -> None:
     assert isinstance(rules.applied("o", "c", None, None, None, 0), OpResult)
 
 
+def test_pulls_have_a_rate_budget_of_their_own() -> None:
+    assert rules.rate_budget("GET", "/v1/events") == "pull"
+    assert rules.rate_budget("POST", "/v1/ops") == "rest"
+    assert rules.rate_budget("GET", "/v1/conversations") == "rest"
+    assert rules.rate_budget("GET", "/v1/conversations/c/messages") == "rest"
+    assert rules.rate_budget("PUT", "/v1/events") == "rest"
 def test_an_unknown_member_is_refused_by_name() -> None:
     rules.check_known_users([])  # everyone named has an account
     with pytest.raises(errors.UnknownUser) as exc:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from syncengine.errors import (
@@ -1243,3 +1244,80 @@ def test_an_echo_stays_beside_another_devices_message_with_its_op_id(store: Stor
         (None, "from this device", MessageState.PENDING),
     ]
     assert store.outbox_item(item.op_id).state is OutboxState.PENDING
+
+
+def test_known_seqs_match_the_conversations_listing_without_counting_unread(
+    store: Store,
+) -> None:
+    store.apply_events(
+        [
+            conv_updated(CID, 1, 1),
+            received(CID, 2, 2),
+            received(CID, 3, 3),
+            conv_updated(CID_B, 1, 4),
+            conv_updated("conv-left", 1, 5),
+            conv_updated("conv-left", 2, 6, members=("bob", "carol")),  # I was removed
+        ],
+        cursor=6,
+    )
+    send(store, cid=CID_B)  # a local echo moves no seq
+    listed = {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+    from syncengine.store.store import known_seqs
+
+    assert known_seqs(store) == listed == {CID: 3, CID_B: 1}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ("c1", "op", "m1", 5, "bob", "hello", "sent", 1.5, None, 0, None),
+        ("c1", None, None, None, ME, "echo", "pending", 2.0, None, 0, None),
+        ("c1", "op2", "m2", 6, "bob", "", "sent", 3.0, 4.0, 1, None),
+        ("c1", "op3", None, None, ME, "x", "failed", 5.0, None, 0, None),
+    ],
+)
+def test_history_rows_are_the_messages_the_attrs_constructor_builds(row: tuple[Any, ...]) -> None:
+    from syncengine.models import Message
+    from syncengine.store import queries
+
+    built = queries._message(row)
+    expected = Message(
+        conversation_id=row[0],
+        op_id=row[1],
+        id=row[2],
+        seq=row[3],
+        sender=row[4],
+        body=row[5],
+        state=MessageState(row[6]),
+        created_at=row[7],
+        edited_at=row[8],
+        deleted=bool(row[9]),
+        reply_to=row[10],
+    )
+    assert built == expected and repr(built) == repr(expected)
+    assert built.reactions is not queries._message(row).reactions  # a fresh dict per row
+    assert type(built.deleted) is bool
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.body = "changed"  # type: ignore[misc]
+
+
+def test_pulled_pages_commit_without_fsync_and_sends_with_it(store: Store) -> None:
+    # G3 holds with synchronous=NORMAL (page and cursor in one WAL transaction: a power
+    # loss takes both back, and the page is pulled again); G1 needs FULL for every send.
+    statements: list[str] = []
+    store._db.conn.set_trace_callback(statements.append)
+    store.apply_events([conv_updated(CID, 1, 1), received(CID, 2, 2)], cursor=2)
+    applied, statements[:] = list(statements), []
+    send(store, cid=CID)
+    sent = list(statements)
+    store._db.conn.set_trace_callback(None)
+    assert applied[0] == "PRAGMA synchronous = NORMAL" and applied[1] == "BEGIN IMMEDIATE"
+    assert applied[-1] == "PRAGMA synchronous = FULL"
+    assert not any("synchronous" in s for s in sent)
+    assert store._db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_a_failed_page_leaves_the_connection_at_full(store: Store) -> None:
+    with pytest.raises(StoreError), store._db.write(replayable=True) as c:
+        c.execute("SELECT * FROM no_such_table")
+    assert store._db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2

@@ -130,6 +130,19 @@ async def test_retry_after_holds_every_request_until_it_passed() -> None:
     await transport.aclose()
 
 
+async def test_the_bodys_milliseconds_win_over_the_whole_second_header() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, headers={"Retry-After": "1"}, json={"code": "rate_limited", "retry_after_ms": 20}
+        )
+
+    transport = make(handler)
+    with pytest.raises(RateLimited) as info:
+        await transport.pull(0, 10)
+    assert info.value.retry_after == 0.02
+    await transport.aclose()
+
+
 async def test_retry_after_from_the_body_when_the_header_is_missing() -> None:
     transport = make(answer(429, {"code": "rate_limited", "retry_after_ms": 1500}))
     with pytest.raises(RateLimited) as info:

@@ -7,6 +7,7 @@ daemon; while one runs, they defer to it (:mod:`syncengine.local`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +51,17 @@ def sync(ctx: click.Context, timeout: float) -> None:
         render.console().print(render.sync_line(doc, st.db))
 
 
-def _progress_bar() -> tuple[Any, Callable[[SyncProgress], None]]:
-    """A transient progress bar on stderr (shown only on a terminal), and its feed."""
+def _progress_bar() -> tuple[Any, Callable[[SyncProgress], None] | None]:
+    """A transient progress bar on stderr, and its feed; none unless stderr is a terminal.
+
+    Without a terminal nothing is drawn, so nothing is measured either: no ticker runs
+    beside the catch-up and ``rich.progress`` is not imported.
+    """
+    err = render.console(stderr=True)
+    if not err.is_terminal:
+        return contextlib.nullcontext(), None
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    err = render.console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

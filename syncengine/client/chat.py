@@ -116,7 +116,9 @@ class ChatMixin:
         message, target = _target(self.store, message_id)
         return self._queue(OpKind.EDIT, message.conversation_id, {"body": body, **target}, op_id)
 
-    async def delete_message(self: _Engine, message_id: str, *, op_id: str | None = None) -> OutboxItem:
+    async def delete_message(
+        self: _Engine, message_id: str, *, op_id: str | None = None
+    ) -> OutboxItem:
         """Queue the deletion of one's own message.
 
         Args:

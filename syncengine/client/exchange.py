@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from syncengine.client.tasks import cancel_and_wait
+from syncengine.client.catchup import CatchUp
 from syncengine.core.emit import sent_by_echo
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
@@ -23,7 +23,6 @@ from syncengine.core.requests import ConversationsSnapshot
 from syncengine.core.resync import Resync, readded_conversations
 from syncengine.core.unordered import for_app
 from syncengine.errors import (
-    CursorExpired,
     NotFound,
     Rejected,
     StoreCorrupt,
@@ -37,13 +36,13 @@ from syncengine.events import ConversationUpdated, MessageFailed, MessageSent, S
 from syncengine.models import HistoryPage, OpKind, OutboxItem
 from syncengine.store import authority
 from syncengine.transport.base import Transport
-from syncengine.wire import EventPage
 
 if TYPE_CHECKING:
     from syncengine.client.bus import EventBus
     from syncengine.client.config import EngineConfig
     from syncengine.core.sync import SyncProtocol
     from syncengine.store import Store
+    from syncengine.wire import EventPage
 
 __all__ = ["EPOCH_META", "RESYNC_META", "Exchange", "known_seqs"]
 
@@ -76,7 +75,9 @@ def _stored_members(store: Store, cid: str) -> tuple[str, ...] | None:
 
 def known_seqs(store: Store) -> dict[str, int]:
     """The highest seq stored per conversation (the protocol's gap detection starts here)."""
-    return {c.id: c.last_seq for c in store.conversations() if c.last_seq}
+    from syncengine.store.store import known_seqs as stored_seqs
+
+    return stored_seqs(store)
 
 
 class SessionView(Protocol):
@@ -101,6 +102,11 @@ class Exchange:
         self._pull_lock = asyncio.Lock()
         # (conversation, message) changed locally by an edit or delete the server refused.
         self._repair: list[tuple[str, str]] = []
+        #: Operations acknowledged and events pulled since the session opened, in memory:
+        #: a one-shot sync that waits out a 429 and goes again reports its whole work, and
+        #: its progress bar reads these instead of the store.
+        self.pushed_total = 0
+        self.pulled_total = 0
 
     # --- emitting -----------------------------------------------------------------------
 
@@ -122,9 +128,7 @@ class Exchange:
             sent = await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
         else:
             sent = self.apply_safely(events, cursor=cursor, synced=synced)
-        if sent:  # own sends whose echo came before their acknowledgement: reported here
-            for ev in sent_by_echo(events, sent):
-                self.session.bus.emit(ev)
+        self.emit_sent(events, sent)
         for cid in readded:
             await self._refill(cid)
 
@@ -138,7 +142,9 @@ class Exchange:
         ]
         if not updates:
             return []
-        return readded_conversations(updates, me, {cid: _stored_members(store, cid) for cid, _m in updates})
+        return readded_conversations(
+            updates, me, {cid: _stored_members(store, cid) for cid, _m in updates}
+        )
 
     async def _refill(self, cid: str) -> None:
         """Read a conversation's history again, as a resync does (the user is back in it)."""
@@ -177,6 +183,13 @@ class Exchange:
             mid = len(events) // 2
             first = self.apply_safely(events[:mid], cursor=None)
             return first + self.apply_safely(events[mid:], cursor=cursor, synced=synced)
+
+    def emit_sent(self, events: Sequence[ServerEvent], sent: Sequence[str]) -> None:
+        """Report the own sends whose echo (in ``events``, applied and committed) came
+        before their acknowledgement: the ack will find them SENT and report nothing."""
+        if sent:
+            for ev in sent_by_echo(events, sent):
+                self.session.bus.emit(ev)
 
     async def history_page(
         self, conversation_id: str, *, before: int | None, limit: int, connected: bool
@@ -225,6 +238,7 @@ class Exchange:
                 await self._push_round(transport, push)
                 total += push.acked
                 await self._repair_rejected(transport)
+                self.pushed_total += push.acked
                 if push.stopped:
                     return total
 
@@ -305,62 +319,27 @@ class Exchange:
     async def catch_up(self) -> int:
         """Pull pages from the cursor until caught up. Returns the number of events pulled.
 
-        The next page is requested before the current one is applied, so the server's work,
-        the transfer and the decoding overlap the commit (SQLite is the binding stage). Pages
-        are still applied one at a time, in order, each with its cursor (G3).
+        Pages are pulled ahead on the loop while one long-lived thread applies them, in
+        order, each with its cursor in one transaction (G3); see
+        :mod:`syncengine.client.catchup`.
         """
         transport = self.session.require_transport()
-        core = self.session.core
-        loop = asyncio.get_running_loop()
-        pulled = 0
         async with self._pull_lock:
-            ahead: asyncio.Task[EventPage] | None = None
-            self._send_epoch(transport)
-            while True:
-                try:
-                    page = await (ahead or transport.pull(**core.pull_request()))
-                except CursorExpired:
-                    ahead = None
-                    await self._resync(transport)
-                    self._send_epoch(transport)
-                    continue
-                ahead = None
-                core.server_answered()
-                self._keep_epoch(transport, page)
-                if (query := core.prefetch_request(page)) is not None:
-                    ahead = loop.create_task(transport.pull(**query))
-                try:
-                    await self._apply_page(page)
-                except BaseException:
-                    if ahead is not None:
-                        # Not under suppress(BaseException): that would also swallow a
-                        # cancellation of this task arriving while it waits (a close()).
-                        await cancel_and_wait([ahead])
-                    raise
-                pulled += len(page.events)
-                if core.receive_page(page):  # no more: nothing was requested ahead
-                    return pulled
+            return await CatchUp(self, transport).run()
 
-    def _send_epoch(self, transport: Transport) -> None:
+    def send_epoch(self, transport: Transport) -> None:
         """Pulls carry the epoch the store's cursor belongs to: the server refuses (410) a
         cursor that does not continue its log, and the resync follows."""
         if hasattr(transport, "epoch"):
             transport.epoch = self.session.require_store().get_meta(EPOCH_META)
 
-    def _keep_epoch(self, transport: Transport, page: EventPage) -> None:
+    def keep_epoch(self, transport: Transport, page: EventPage) -> None:
         """A page the server served for the store's (epoch, cursor) continues its log: its
         epoch becomes the store's (a restart of the server begins a new one)."""
         if page.epoch and getattr(transport, "epoch", None) != page.epoch:
             self.session.require_store().set_meta(**{EPOCH_META: page.epoch})
             if hasattr(transport, "epoch"):
                 transport.epoch = page.epoch
-
-    async def _apply_page(self, page: EventPage) -> None:
-        cursor = self.session.core.page_cursor(page)
-        await self.apply_events(page.events, cursor=cursor, synced=not page.has_more)
-        for raw, error in page.bad:
-            self.session.require_store().quarantine(raw, error)
-        self.emit_new(page.events)
 
     async def _resync(self, transport: Transport, epoch: str = "") -> None:
         """A discontinuity (G5: the cursor expired, or the server's epoch changed): follow the

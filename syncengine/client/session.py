@@ -16,7 +16,8 @@ Each connection attempt is a *session*:
 
 A transient failure ends the session (so does a live link that dies, at once, even during a
 REST request); stamina's retry loop waits a capped full-jitter backoff (our
-:class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts the next one. A refused token stops the loop in FAILED until the user logs in again.
+:class:`~syncengine.core.policy.RetryPolicy`, honouring Retry-After) and starts the next one.
+A refused token stops the loop in FAILED until the user logs in again.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ class Session:
 
     @property
     def mode(self) -> str:
-        """``live``, ``polling`` or ``offline`` (see :func:`~syncengine.client.health.sync_mode`)."""
+        """``live``, ``polling`` or ``offline`` (:func:`~syncengine.client.health.sync_mode`)."""
         core = self.core
         return sync_mode(core.state, link=self.link is not None, reached=core.server_reached)
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "wait_through_cancel"]
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -25,3 +25,27 @@ async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved: the session is over, its outcome no longer matters
+
+
+async def wait_through_cancel(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait until every one of ``futures`` has ended, even when the caller is cancelled
+    meanwhile, and then let that cancellation through.
+
+    For work that cannot be stopped part way (an apply thread inside its transaction: the
+    store must not be closed under it). Waiting under ``suppress(BaseException)`` would wait
+    just as well but swallow the caller's cancellation, so a ``close()`` landing then would
+    be lost and the sync loop would go on.
+    """
+    cancelled = False
+    while True:
+        try:
+            await asyncio.wait(futures)  # asyncio.wait never cancels what it waits for
+        except asyncio.CancelledError:
+            cancelled = True
+            continue
+        break
+    for future in futures:
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller is already failing or cancelled
+    if cancelled:
+        raise asyncio.CancelledError

@@ -47,6 +47,7 @@ __all__ = [
     "error_for_handshake",
     "error_for_status",
     "full_jitter",
+    "rate_limit_wait",
     "retry_after_seconds",
     "status_rule",
     "status_table_markdown",
@@ -225,18 +226,43 @@ def error_for_close(code: int | None, reason: str) -> SyncEngineError:
 def retry_after_seconds(header: str | None, body_ms: object = None) -> float | None:
     """The pause a 429 asks for, in seconds, or None when it names none.
 
+    The body's ``retry_after_ms`` wins over the header: ``Retry-After`` holds whole seconds
+    (the server rounds up), so a shortfall of one token at 50 a second (20 ms) would read as
+    a one-second wait.
+
     Args:
-        header: the ``Retry-After`` header (delay-seconds form; an HTTP date is not read).
-        body_ms: the body's ``retry_after_ms``, used when the header is absent or unreadable.
+        header: the ``Retry-After`` header (delay-seconds form; an HTTP date is not read),
+            used when the body names no number of milliseconds.
+        body_ms: the body's ``retry_after_ms``.
     """
+    if isinstance(body_ms, int | float) and not isinstance(body_ms, bool):
+        return max(0.0, body_ms / 1000)
     if header:
         try:
             return max(0.0, float(header))
         except ValueError:
             pass
-    if isinstance(body_ms, int | float) and not isinstance(body_ms, bool):
-        return max(0.0, body_ms / 1000)
     return None
+
+
+#: The pause taken after a 429 that names none.
+RATE_LIMIT_DEFAULT_WAIT_S = 1.0
+
+
+def rate_limit_wait(retry_after: float | None, remaining: float) -> float | None:
+    """How long a one-shot sync waits out a 429 before it asks again, or None to give up.
+
+    A 429 says "later", not "no": a ``syncengine sync`` whose ``--timeout`` leaves room for
+    the server's pause waits it out and resumes (each pulled page is committed with its
+    cursor, so nothing is pulled twice); one whose time would run out first gives up now
+    instead of sleeping into its deadline.
+
+    Args:
+        retry_after: the pause the server asked for, in seconds (None: it named none).
+        remaining: seconds left before the caller's deadline.
+    """
+    wait = RATE_LIMIT_DEFAULT_WAIT_S if retry_after is None else max(0.0, retry_after)
+    return wait if wait < remaining else None
 
 
 class RetryAfterGate:

@@ -18,7 +18,16 @@ from typing import Any
 import attrs
 
 from syncengine import SyncEngine
-from syncengine.errors import NotSynced, StoreLockHeld, SyncEngineError, TransportError
+from syncengine.client.progress import SyncCounters, counters
+from syncengine.client.progress import server_head as progress_head
+from syncengine.core.policy import rate_limit_wait
+from syncengine.errors import (
+    NotSynced,
+    RateLimited,
+    StoreLockHeld,
+    SyncEngineError,
+    TransportError,
+)
 from syncengine.events import SyncCompleted
 from syncengine.local.account import (
     engine_options,
@@ -117,20 +126,21 @@ async def sync_here(
     """One sync by this process, reporting progress; the caller holds the store's lock."""
     with Store(db) as store:
         start = store.health()
-        options = engine_options(store)
-        server = store.get_meta("server") or ""
+    sized: list[int | None] = []
     # A Matrix cursor is an opaque token: no head to measure the backlog against.
     ordered = isinstance(start.cursor, int)
-    head = await server_head(server, options) if ordered else None
-    # Measured in stream positions: the backlog up to the head, plus about one event per
-    # operation pushed (each becomes an event that the catch-up pulls back).
-    total = max(1, head - int(start.cursor) + start.pending) if head is not None else None
 
-    def report(store: Store) -> None:
-        now, then = store.cursor(), start.cursor
-        done = max(0, now - then) if isinstance(now, int) and isinstance(then, int) else 0
+    def report(head: int | None, now: SyncCounters) -> None:
+        if not sized:
+            # Measured in stream positions: the backlog up to the head, plus about one event
+            # per operation pushed (each becomes an event that the catch-up pulls back).
+            known = head is not None and ordered
+            sized.append(max(1, int(head) - int(start.cursor) + start.pending) if known else None)
+        total = sized[0]
+        both = isinstance(now.cursor, int) and ordered
+        done = max(0, now.cursor - int(start.cursor)) if both else now.pulled
+        done = min(done, total) if total is not None else done
         if progress is not None:
-            done = min(done, total) if total is not None else done
             progress(SyncProgress(to_push=start.pending, total=total, done=done))
 
     done = await sync_locked(db, timeout, on_progress=report if progress else None)
@@ -151,15 +161,19 @@ async def sync_locked(
     timeout: float,
     *,
     what: str = "queued work",
-    on_progress: Callable[[Store], None] | None = None,
+    on_progress: Callable[[int | None, SyncCounters], None] | None = None,
 ) -> SyncCompleted:
     """One push + catch-up by a non-connected engine; the caller holds the store lock.
+
+    A ``429`` whose pause fits in ``timeout`` is waited out and the round goes on from the
+    committed cursor; the result counts the work of every attempt.
 
     Args:
         db: the store.
         timeout: seconds for the whole round.
         what: names the work in the error message ("operation X").
-        on_progress: called with the engine's store every 0.1 s while it syncs.
+        on_progress: called every 0.1 s while it syncs with the server's head (None when
+            unknown) and the engine's in-memory counters; it never reads the store.
 
     Raises:
         NotSynced: the server could not be reached in time (queued work stays queued).
@@ -177,7 +191,7 @@ async def sync_locked(
             ticker = asyncio.create_task(_tick(engine, on_progress))
         try:
             async with asyncio.timeout(timeout):
-                return await engine.sync_once()
+                return await _sync_waiting_out_429(engine, time.monotonic() + timeout)
         except TimeoutError as exc:
             raise NotSynced(f"timed out after {timeout:g} s; {what} stays queued") from exc
         except TransportError as exc:
@@ -187,9 +201,27 @@ async def sync_locked(
                 ticker.cancel()
 
 
-async def _tick(engine: SyncEngine, on_progress: Callable[[Store], None]) -> None:
+async def _sync_waiting_out_429(engine: SyncEngine, deadline: float) -> SyncCompleted:
+    """``engine.sync_once()``, again after each 429 whose pause fits before ``deadline``."""
     while True:
-        on_progress(engine.store)
+        try:
+            done = await engine.sync_once()
+        except RateLimited as exc:
+            wait = rate_limit_wait(exc.retry_after, deadline - time.monotonic())
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+            continue
+        total = counters(engine)
+        return attrs.evolve(done, pushed=total.pushed, pulled=total.pulled)
+
+
+async def _tick(
+    engine: SyncEngine, on_progress: Callable[[int | None, SyncCounters], None]
+) -> None:
+    head = await progress_head(engine)
+    while True:
+        on_progress(head, counters(engine))
         await asyncio.sleep(0.1)
 
 

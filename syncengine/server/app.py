@@ -132,7 +132,8 @@ def _conversation_id(request: Request) -> str:
 
 
 def _user(core: ServerService, request: Request) -> tuple[str, str]:
-    return core.authenticate(request.headers.get("authorization", ""))
+    budget = rules.rate_budget(request.method, request.url.path)
+    return core.authenticate(request.headers.get("authorization", ""), budget)
 
 
 def _body(content: Any, status: int = 200) -> Response:

@@ -164,6 +164,37 @@ async def _serve(config: ServerConfig, users: list[tuple[str, str]]) -> None:
 )
 @click.option("--fault-seed", type=int, default=None, help="Seed of the fault generator.")
 @click.option(
+    "--rate",
+    "rate_per_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="REST requests per second per user (writes and reads other than pulls).",
+)
+@click.option(
+    "--burst",
+    "rate_burst",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="REST burst size per user.",
+)
+@click.option(
+    "--pull-rate",
+    "pull_rate_per_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1000.0,
+    show_default=True,
+    help="Pulls (catch-up pages) per second per user: a budget of their own.",
+)
+@click.option(
+    "--pull-burst",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Pull burst size per user.",
+)
+@click.option(
     "--page-bytes",
     type=click.IntRange(1024, PAGE_BYTES_MAX),
     default=PAGE_BYTES_DEFAULT,
@@ -267,6 +298,10 @@ def serve(
     fault_delay_ms: float,
     fault_drop_rate: float,
     fault_seed: int | None,
+    rate_per_s: float,
+    rate_burst: int,
+    pull_rate_per_s: float,
+    pull_burst: int,
     log_level: str,
     page_bytes: int = PAGE_BYTES_DEFAULT,
     max_connections: int | None = None,
@@ -306,6 +341,10 @@ def serve(
             simulate=simulate,
             simulate_rate=simulate_rate,
             faults=faults,
+            rate_per_s=rate_per_s,
+            rate_burst=rate_burst,
+            pull_rate_per_s=pull_rate_per_s,
+            pull_burst=pull_burst,
             page_bytes=page_bytes,
             max_connections=max_connections,
             max_connections_per_ip=max_connections_per_ip or None,

@@ -293,6 +293,9 @@ def attach(service: Any) -> None:
     config = service.config
     service.hub = ClusterHub(config, storage)
     service.rest_limiter = SharedRateLimiter(storage, config.rate_per_s, config.rate_burst, "rest")
+    service.pull_limiter = SharedRateLimiter(
+        storage, config.pull_rate_per_s, config.pull_burst, "pull"
+    )
     service.login_limiter = SharedRateLimiter(
         storage, config.login_rate_per_s, config.login_burst, "login"
     )

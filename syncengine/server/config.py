@@ -112,6 +112,11 @@ class ServerConfig:
         scrypt_n: scrypt cost parameter for new password hashes (a power of two).
         rate_per_s: sustained REST requests per second per user.
         rate_burst: REST burst size per user.
+        pull_rate_per_s: sustained pulls (``GET /v1/events`` pages) per second per user, a
+            budget of their own so that a catch-up is not throttled by :attr:`rate_per_s`.
+        pull_burst: pull burst size per user.
+        login_rate_per_s: sustained login attempts per second per user name.
+        login_burst: login burst size per user name.
         login_rate_per_s: sustained successful logins (tokens issued) per second per user
             name; failed attempts never spend it, so nobody can lock a user out with it.
         login_burst: burst of successful logins per user name.
@@ -174,6 +179,8 @@ class ServerConfig:
     scrypt_n: int = attrs.field(default=1 << 14)
     rate_per_s: float = attrs.field(default=50.0, validator=_positive)
     rate_burst: int = attrs.field(default=100, validator=_positive)
+    pull_rate_per_s: float = attrs.field(default=1000.0, validator=_positive)
+    pull_burst: int = attrs.field(default=2000, validator=_positive)
     login_rate_per_s: float = attrs.field(default=5.0, validator=_positive)
     login_burst: int = attrs.field(default=20, validator=_positive)
     login_fail_rate_per_s: float = attrs.field(default=0.2, validator=_positive)

@@ -62,6 +62,7 @@ __all__ = [
     "page_cut",
     "page_end",
     "presence_audience",
+    "rate_budget",
     "read_advances",
     "rejected",
     "replayed",
@@ -515,6 +516,20 @@ class RateLimiter:
             del self.buckets[key]
 
 
+def rate_budget(method: str, path: str) -> str:
+    """The budget a REST request draws a token from: ``"pull"`` or ``"rest"``.
+
+    A catch-up is a run of ``GET /v1/events`` pages, one after another as fast as the
+    client applies them; drawn from the abuse limit shared with every other request
+    (50/s by default), it would cap a catch-up at 50 pages a second. Pulls therefore
+    draw from a budget of their own, sized for catch-ups (``--pull-rate``,
+    ``--pull-burst``), and never empty the budget that writes and the other reads share.
+
+    Args:
+        method: the HTTP method.
+        path: the request's path.
+    """
+    return "pull" if method == "GET" and path == "/v1/events" else "rest"
 def address_key(host: str | None) -> str:
     """The key under which a client address is limited: the address itself for IPv4, its
     /64 network for IPv6 (one host commonly holds a whole /64)."""

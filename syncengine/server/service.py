@@ -78,6 +78,7 @@ class ServerService:
         self.storage: ServerStorage = storage or open_storage(config)
         self.hub = Hub(config, self.storage)
         self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
+        self.pull_limiter = rules.RateLimiter(config.pull_rate_per_s, config.pull_burst)
         self.login_limiter = rules.RateLimiter(config.login_rate_per_s, config.login_burst)
         self.login_fail_limiter = rules.RateLimiter(
             config.login_fail_rate_per_s, config.login_fail_burst
@@ -153,8 +154,13 @@ class ServerService:
         if wait > 0:
             raise RateLimited(reason, retry_after_ms=rules.retry_after_ms(wait))
 
-    def authenticate(self, authorization: str) -> tuple[str, str]:
+    def authenticate(self, authorization: str, budget: str = "rest") -> tuple[str, str]:
         """The ``(user, device)`` of an ``Authorization`` header, rate-limited per user.
+
+        Args:
+            authorization: the header's value.
+            budget: the rate budget the request draws from (:func:`rules.rate_budget`):
+                ``"pull"`` for catch-up pages, ``"rest"`` for everything else.
 
         Raises:
             Unauthorized: missing, invalid or expired token.
@@ -166,7 +172,8 @@ class ServerService:
             identity = self.storage.authenticate(token.strip())
         if identity is None:
             raise Unauthorized("missing, invalid or expired token")
-        self._limit(self.rest_limiter, identity.user)
+        limiter = self.pull_limiter if budget == "pull" else self.rest_limiter
+        self._limit(limiter, identity.user)
         return identity.user, identity.device
 
     def authenticate_token(self, token: str) -> Identity | None:

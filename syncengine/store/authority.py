@@ -59,16 +59,17 @@ def replace_range(
     ids = [m.message_id for m in messages]
     span = "seq >= ?" + ("" if high is None else " AND seq <= ?")
     args: list[Any] = [cid, low] + ([] if high is None else [high])
-    c.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS keep_ids(id TEXT PRIMARY KEY) WITHOUT ROWID"
-    )
+    c.execute("CREATE TEMP TABLE IF NOT EXISTS keep_ids(id TEXT PRIMARY KEY) WITHOUT ROWID")
     c.execute("DELETE FROM keep_ids")
     c.executemany("INSERT OR IGNORE INTO keep_ids(id) VALUES (?)", [(i,) for i in ids])
     where = f"conversation_id = ? AND seq IS NOT NULL AND {span} AND id NOT IN keep_ids"
     if drop_below is not None:
         where = f"({where}) OR (conversation_id = ? AND seq IS NOT NULL AND seq < ?)"
         args += [cid, drop_below]
-    c.execute(f"DELETE FROM message_patches WHERE message_id IN (SELECT id FROM messages WHERE {where})", args)
+    c.execute(
+        f"DELETE FROM message_patches WHERE message_id IN (SELECT id FROM messages WHERE {where})",
+        args,
+    )
     c.execute(f"DELETE FROM messages WHERE {where}", args)
     c.execute(
         "INSERT INTO conversations(id, created_at) VALUES (?, 0) ON CONFLICT(id) DO NOTHING",
@@ -131,9 +132,7 @@ def _put_message(c: Any, m: Any, unsettled: set[str], edit_seq: int) -> None:
         )
     else:
         # Neither edited nor deleted on the server: the original body stands.
-        c.execute(
-            "UPDATE messages SET body = ? WHERE id = ?", (m.body, m.message_id)
-        )
+        c.execute("UPDATE messages SET body = ? WHERE id = ?", (m.body, m.message_id))
         c.execute("DELETE FROM message_patches WHERE message_id = ?", (m.message_id,))
 
 

@@ -174,13 +174,23 @@ class StoreDB:
             return [m.name for m in MIGRATIONS.applied(self.db)]
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+    def write(self, *, replayable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error.
+
+        Args:
+            replayable: the transaction only records what the server holds and will send
+                again (a pulled page with its cursor): it commits with ``synchronous=NORMAL``
+                (no fsync of the WAL at this COMMIT; see docs/store.md, G3). Everything else
+                commits with ``FULL``.
+        """
         with self.lock:
             conn = self.conn
             try:
+                if replayable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._full(conn, replayable)
                 raise map_sqlite_error(exc, str(self.path)) from exc
             try:
                 yield conn
@@ -197,6 +207,15 @@ class StoreDB:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._full(conn, replayable)
+
+    @staticmethod
+    def _full(conn: sqlite3.Connection, replayable: bool) -> None:
+        if replayable:
+            # Back to FULL before anything else can write on this connection (the lock is
+            # still held): a user's send must never commit without its fsync (G1).
+            conn.execute("PRAGMA synchronous = FULL")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -215,11 +234,17 @@ class StoreDB:
             except UnicodeEncodeError as exc:
                 raise not_text(exc) from exc
 
-    def integrity_check(self) -> str:
-        """``PRAGMA integrity_check``: ``"ok"`` for a healthy file."""
+    def integrity_check(self, *, quick: bool = False) -> str:
+        """``PRAGMA integrity_check`` (or ``quick_check``): ``"ok"`` for a healthy file.
+
+        Args:
+            quick: ``PRAGMA quick_check``: every page and b-tree checked, but not that each
+                index matches its table (the slow part, which grows with every index).
+        """
+        pragma = "quick_check" if quick else "integrity_check"
         with self.lock:
             try:
-                rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+                rows = self.conn.execute(f"PRAGMA {pragma}").fetchall()
             except sqlite3.Error as exc:
                 raise map_sqlite_error(exc, str(self.path)) from exc
         return "\n".join(str(r[0]) for r in rows)

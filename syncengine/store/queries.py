@@ -52,20 +52,42 @@ _BY_ID = _FROM_MESSAGES + "WHERE m.id = ?"
 _MESSAGE_STATES: dict[str, MessageState] = {s.value: s for s in MessageState}
 
 
+# A history page builds 50 rows: through the frozen attrs ``__init__`` a ``Message`` took
+# 1.9 µs, about a third of the page's time, so its slots are filled directly (the class has
+# no validators, converters or post-init, so the object is the same). A test compares the
+# two constructions field by field.
+_new_message = object.__new__
+_set = {f.name: getattr(Message, f.name).__set__ for f in attrs.fields(Message)}
+_set_conversation_id, _set_op_id, _set_id = _set["conversation_id"], _set["op_id"], _set["id"]
+_set_seq, _set_sender, _set_body = _set["seq"], _set["sender"], _set["body"]
+_set_state, _set_created_at = _set["state"], _set["created_at"]
+_set_edited_at, _set_deleted = _set["edited_at"], _set["deleted"]
+_set_reply_to = _set["reply_to"]
+# Fields the row does not carry keep their defaults (a factory is called for each row).
+_DEFAULTS = [
+    (_set[f.name], f.default)
+    for f in attrs.fields(Message)
+    if f.name not in {"conversation_id", "op_id", "id", "seq", "sender", "body", "state",
+                      "created_at", "edited_at", "deleted", "reply_to"}
+]  # fmt: skip
+
+
 def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        conversation_id=row[0],
-        op_id=row[1],
-        id=row[2],
-        seq=row[3],
-        sender=row[4],
-        body=row[5],
-        state=_MESSAGE_STATES.get(row[6]) or MessageState(row[6]),
-        created_at=row[7],
-        edited_at=row[8],
-        deleted=bool(row[9]),
-        reply_to=row[10],
-    )
+    m = _new_message(Message)
+    _set_conversation_id(m, row[0])
+    _set_op_id(m, row[1])
+    _set_id(m, row[2])
+    _set_seq(m, row[3])
+    _set_sender(m, row[4])
+    _set_body(m, row[5])
+    _set_state(m, _MESSAGE_STATES.get(row[6]) or MessageState(row[6]))
+    _set_created_at(m, row[7])
+    _set_edited_at(m, row[8])
+    _set_deleted(m, bool(row[9]))
+    _set_reply_to(m, row[10])
+    for setter, default in _DEFAULTS:
+        setter(m, default.factory() if isinstance(default, attrs.Factory) else default)
+    return m
 
 
 def get_meta(c: Any, key: str) -> str | None:
@@ -81,6 +103,21 @@ def read_cursor(c: Any) -> int | str:
         return 0
     # An opaque token (Matrix) lives in its own TEXT column (migration 0002).
     return str(row[1]) if row[1] is not None else int(row[0])
+
+
+def known_seqs(c: Any, me: str) -> dict[str, int]:
+    """The highest stored seq of each conversation listed by :func:`conversations` (those
+    with a seq), without its unread count: a session starts with this (gap detection), and
+    counting unread over every stored message there cost 0.2 s a start at 200,000 messages."""
+    rows = c.execute(
+        """
+        SELECT c.id, c.last_seq FROM conversations c
+        WHERE c.last_seq > 0 AND (c.pending = 1 OR EXISTS (
+            SELECT 1 FROM members mb WHERE mb.conversation_id = c.id AND mb.user = ?))
+        """,
+        (me,),
+    )
+    return {cid: int(seq) for cid, seq in rows}
 
 
 def conversations(c: Any, me: str) -> list[Conversation]:

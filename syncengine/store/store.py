@@ -304,7 +304,7 @@ class Store(ChatQueries):
         if unordered.needs_numbering(events):
             return self._write(_apply_numbered, events, self, cursor, synced, backward)
         page = apply.sort_events(events, self.user)
-        return self._write(apply.write_page, page, self._clock(), cursor=cursor, synced=synced)
+        return _apply_pulled(self, page, cursor, synced)
 
     def quarantine(self, raw: str, error: str, pos: int | None = None) -> None:
         """Keep an event that could not be applied (a poison event) for inspection."""
@@ -464,3 +464,20 @@ def _apply_numbered(
     numbered = unordered.number_events(c, events, backward=backward)
     page = apply.sort_events(numbered, store.user)
     return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)
+
+
+def known_seqs(store: Store) -> dict[str, int]:
+    """The highest stored seq of each of :meth:`Store.conversations` (no unread counts)."""
+    return store._read(queries.known_seqs, store.user)
+
+
+def quick_check(store: Store) -> str:
+    """``PRAGMA quick_check`` (``"ok"`` when healthy): pages and b-trees, not index contents."""
+    return store._db.integrity_check(quick=True)
+
+
+def _apply_pulled(store: Store, page: Any, cursor: Any, synced: bool) -> ApplyResult:
+    """Commit a sorted page with its cursor, without an fsync: everything in it is on the
+    server and is pulled again if a power loss undoes the commit (G3, docs/store.md)."""
+    with store._db.write(replayable=True) as c:
+        return apply.write_page(c, page, store._clock(), cursor=cursor, synced=synced)

@@ -374,8 +374,7 @@ class PostgresTx(_Reads):
         """The idempotency record of an operation, or None (found by ``(user, op_id)``:
         an op id identifies one operation of one user whatever the device)."""
         row = self.conn.execute(
-            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND op_id = %s"
-            " LIMIT 1",
+            "SELECT kind, payload_hash, result FROM ops WHERE username = %s AND op_id = %s LIMIT 1",
             (user, op_id),
         ).fetchone()
         if row is None:
@@ -444,7 +443,9 @@ class PostgresStorage(_Reads):
             chain = rules.epoch_chain({k: int(v) for k, v in rows.fetchall()})
             if not chain:
                 epoch = secrets.token_hex(8)
-                head = int(self.conn.execute("SELECT head FROM log_head WHERE id = 1").fetchone()[0])
+                head = int(
+                    self.conn.execute("SELECT head FROM log_head WHERE id = 1").fetchone()[0]
+                )
                 self.conn.execute(
                     "INSERT INTO meta (key, value) VALUES (%s, %s)",
                     (rules.epoch_key(0, epoch), head),
