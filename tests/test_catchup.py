@@ -46,18 +46,23 @@ class FakeExchange:
         self.pulled_total = 0
         self.applied: list[tuple[int, Any]] = []  # (first event, cursor), in commit order
         self.emitted: list[Any] = []
+        self.emitted_sent: list[str] = []
         self.fail_at = fail_at
         self.gate = gate
 
-    def apply_safely(self, events: Any, *, cursor: Any, synced: bool = False) -> None:
+    def apply_safely(self, events: Any, *, cursor: Any, synced: bool = False) -> list[str]:
         if self.gate is not None:
             assert self.gate.wait(10)
         if cursor == self.fail_at:
             raise StoreFull("disk full")
         self.applied.append((events[0], cursor))
+        return [f"sent-by-{cursor}"]  # as if the page held the echo of an own send
 
     def emit_new(self, events: Any) -> None:
         self.emitted.extend(events)
+
+    def emit_sent(self, events: Any, sent: Any) -> None:
+        self.emitted_sent.extend(sent)
 
     async def _resync(self, transport: Any) -> None:
         raise AssertionError("no resync here")
@@ -96,6 +101,8 @@ async def test_pages_commit_in_order_each_with_its_cursor() -> None:
     assert transport.asked == [i * 100 for i in range(12)]
     assert exchange.session.core.received == [(i + 1) * 100 for i in range(12)]
     assert exchange.emitted == list(range(1, 1201))
+    # The own sends each page moved to SENT are reported with it, in page order.
+    assert exchange.emitted_sent == [f"sent-by-{(i + 1) * 100}" for i in range(12)]
 
 
 async def test_pages_are_pulled_ahead_of_the_apply_but_boundedly() -> None:

@@ -440,6 +440,46 @@ def test_echo_confirmed_by_an_event_is_reported(store: Store) -> None:
     assert result.applied == 1
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("live", "ack"),
+        ("ack", "live"),
+        ("pull", "ack"),
+        ("live", "live", "ack", "ack"),
+        ("ack", "pull", "live"),
+    ],
+)
+@pytest.mark.parametrize("claimed", [True, False])
+def test_a_send_is_reported_sent_exactly_once_whichever_comes_first(
+    store: Store, order: tuple[str, ...], claimed: bool
+) -> None:
+    # The engine emits MessageSent from whichever moved the item to SENT: the ack
+    # (mark_sent returns True) or an echo (apply_events lists it in sent_ops). Exactly one.
+    op_id = send(store, "mine")
+    if claimed:
+        store.claim()
+    ev = received(CID, 5, 50, mid="srv-x", sender=ME, op_id=op_id, body="mine")
+    reports = 0
+    for how in order:
+        if how == "ack":
+            reports += store.mark_sent(ack(op_id, 5, mid="srv-x", ts_ms=ev.ts_ms))
+        elif how == "live":
+            reports += store.apply_events([ev]).sent_ops.count(op_id)
+        else:  # a pulled page may repeat an event
+            reports += store.apply_events([ev, ev], cursor=50).sent_ops.count(op_id)
+    assert reports == 1
+    item = store.outbox_item(op_id)
+    assert item is not None and item.state is OutboxState.SENT
+
+
+def test_own_message_sent_from_another_device_reports_no_send(store: Store) -> None:
+    # Same user, an op id this store never queued: nothing of ours was sent.
+    result = store.apply_events([received(CID, 2, 3, sender=ME, op_id="other-device-op")])
+    assert result.confirmed_ops == ["other-device-op"]
+    assert result.sent_ops == []
+
+
 def test_item_left_sending_by_a_crash_is_recovered(db_path: Path, clock: Clock) -> None:
     with open_store(db_path, clock=clock) as s:
         s.apply_events([conv_updated(CID, 1, 1)])

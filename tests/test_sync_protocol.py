@@ -578,6 +578,44 @@ def test_a_stale_presence_is_fetched_after_the_catch_up_of_the_same_tick() -> No
     assert p.tick(NOW) == [CatchUp(), PresenceSnapshot()]
 
 
+def test_a_failed_presence_snapshot_while_live_is_retried_after_the_backoff() -> None:
+    p = live_protocol(known_seq={"c1": 1})
+    p.reached_live(NOW)
+    p.receive_applied([conv(1)], listening=False)
+    assert p.tick(NOW) == [PresenceSnapshot()]
+    # Refused while the link is up: still wanted, but not before the single-request wait.
+    assert p.receive_presence_failed(ServerUnavailable("down"), NOW) == 0.5  # rng pinned
+    assert p.tick(NOW + 0.4) == []
+    assert p.tick(NOW + 0.5) == [PresenceSnapshot()]
+    assert p.tick(NOW + 0.6) == []  # fetched once it is due, not again
+    assert p.receive_presence_failed(RateLimited("slow", retry_after=9.0), NOW) == 9.0
+    assert p.tick(NOW + 8.9) == []
+    assert p.tick(NOW + 9.0) == [PresenceSnapshot()]
+
+
+def test_sends_moved_to_sent_by_their_echo_are_reported_once_each() -> None:
+    from syncengine.core.emit import sent_by_echo
+    from syncengine.events import MessageSent
+
+    def own(pos: int, op_id: str) -> MessageReceived:
+        return MessageReceived(
+            pos=pos,
+            conversation_id="c1",
+            seq=pos,
+            ts_ms=1,
+            message_id=f"m{pos}",
+            sender="me",
+            body="x",
+            op_id=op_id,
+        )
+
+    batch = [msg(1, 1), own(2, "op-a"), own(3, "op-b"), own(2, "op-a")]  # a repeated echo
+    assert sent_by_echo(batch, ["op-a"]) == [
+        MessageSent(op_id="op-a", conversation_id="c1", message_id="m2", seq=2)
+    ]
+    assert sent_by_echo(batch, []) == []  # the ack came first: the echo reports nothing
+
+
 def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
     from syncengine.core.resync import readded_conversations
 

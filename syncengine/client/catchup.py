@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from syncengine.client.tasks import wait_through_cancel
 from syncengine.errors import CursorExpired
 
 if TYPE_CHECKING:
@@ -54,9 +54,11 @@ class Exchange(Protocol):
 
     def apply_safely(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
-    ) -> None: ...
+    ) -> list[str]: ...
 
     def emit_new(self, events: Sequence[ServerEvent]) -> None: ...
+
+    def emit_sent(self, events: Sequence[ServerEvent], sent: Sequence[str]) -> None: ...
 
     def send_epoch(self, transport: Transport) -> None: ...
 
@@ -82,7 +84,7 @@ class CatchUp:
         self.transport = transport
         self.core = exchange.session.core
         self.pulled = 0
-        self._queued: collections.deque[tuple[concurrent.futures.Future[None], EventPage]]
+        self._queued: collections.deque[tuple[concurrent.futures.Future[list[str]], EventPage]]
         self._queued = collections.deque()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._broken = False
@@ -120,8 +122,8 @@ class CatchUp:
                 self.exchange.keep_epoch(self.transport, page)
                 query = self.core.prefetch_request(page)
                 if not self._queued and len(page.events) < THREAD_APPLY_MIN:
-                    self._apply(page, self.core.page_cursor(page))
-                    if self._account(page):
+                    sent = self._apply(page, self.core.page_cursor(page))
+                    if self._account(page, sent):
                         return self.pulled
                     continue
                 self._submit(page)
@@ -136,37 +138,40 @@ class CatchUp:
         cursor = self.core.page_cursor(page)
         self._queued.append((self._pool.submit(self._apply, page, cursor), page))
 
-    def _apply(self, page: EventPage, cursor: Any) -> None:
-        """Apply one page with its cursor (on the worker, or on the loop when small)."""
+    def _apply(self, page: EventPage, cursor: Any) -> list[str]:
+        """Apply one page with its cursor (on the worker, or on the loop when small).
+        Returns the own sends the page moved to SENT (reported when it is accounted for)."""
         if self._broken:
             raise _Skipped
         try:
-            self.exchange.apply_safely(page.events, cursor=cursor, synced=not page.has_more)
+            sent = self.exchange.apply_safely(page.events, cursor=cursor, synced=not page.has_more)
             store = self.exchange.session.require_store()
             for raw, error in page.bad:
                 store.quarantine(raw, error)
         except BaseException:
             self._broken = True
             raise
+        return sent
 
     # --- accounting, in order, on the loop ----------------------------------------------
 
-    def _account(self, page: EventPage) -> bool:
+    def _account(self, page: EventPage, sent: Sequence[str]) -> bool:
         """An applied page: the app's events, then the protocol's cursor and seqs."""
         self.pulled += len(page.events)
         self.exchange.pulled_total += len(page.events)
+        self.exchange.emit_sent(page.events, sent)
         self.exchange.emit_new(page.events)
         return self.core.receive_page(page)
 
     async def _finish_oldest(self) -> bool:
         future, page = self._queued.popleft()
         try:
-            await asyncio.wrap_future(future)
+            sent = await asyncio.wrap_future(future)
         except BaseException:
             if not future.done():  # this task was cancelled: the apply goes on
                 self._queued.appendleft((future, page))
             raise
-        return self._account(page)
+        return self._account(page, sent)
 
     async def _finish_done(self) -> bool:
         """Account for the pages already applied, without waiting."""
@@ -192,5 +197,4 @@ class CatchUp:
                 running.append(asyncio.wrap_future(future))
         self._queued.clear()
         if running:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait(running)
+            await wait_through_cancel(running)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from syncengine.client.catchup import CatchUp
+from syncengine.core.emit import sent_by_echo
 from syncengine.core.history import backfill_request, history_page
 from syncengine.core.push import PushRound, PushStep
 from syncengine.core.requests import ConversationsSnapshot
@@ -124,9 +125,10 @@ class Exchange:
         of each conversation the batch adds the user back to is read again."""
         readded = self._readded(events)
         if len(events) >= _THREAD_APPLY_MIN:
-            await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
+            sent = await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
         else:
-            self.apply_safely(events, cursor=cursor, synced=synced)
+            sent = self.apply_safely(events, cursor=cursor, synced=synced)
+        self.emit_sent(events, sent)
         for cid in readded:
             await self._refill(cid)
 
@@ -160,12 +162,16 @@ class Exchange:
 
     def apply_safely(
         self, events: Sequence[ServerEvent], *, cursor: Any, synced: bool = False
-    ) -> None:
+    ) -> list[str]:
         """Apply events; a poison event (one the store refuses) is isolated by bisection,
-        quarantined, and passed over so the cursor moves on."""
+        quarantined, and passed over so the cursor moves on.
+
+        Returns:
+            The op ids of own sends these events moved to SENT (``ApplyResult.sent_ops``).
+        """
         store = self.session.require_store()
         try:
-            store.apply_events(events, cursor=cursor, synced=synced)
+            return store.apply_events(events, cursor=cursor, synced=synced).sent_ops
         except (StoreFull, StoreLocked, StoreCorrupt):
             raise
         except StoreError as exc:
@@ -173,10 +179,17 @@ class Exchange:
                 raw = orjson.dumps(events[0], default=repr).decode() if events else ""
                 store.quarantine(raw, str(exc), getattr(events[0], "pos", None) if events else None)
                 store.apply_events([], cursor=cursor, synced=synced)
-                return
+                return []
             mid = len(events) // 2
-            self.apply_safely(events[:mid], cursor=None)
-            self.apply_safely(events[mid:], cursor=cursor, synced=synced)
+            first = self.apply_safely(events[:mid], cursor=None)
+            return first + self.apply_safely(events[mid:], cursor=cursor, synced=synced)
+
+    def emit_sent(self, events: Sequence[ServerEvent], sent: Sequence[str]) -> None:
+        """Report the own sends whose echo (in ``events``, applied and committed) came
+        before their acknowledgement: the ack will find them SENT and report nothing."""
+        if sent:
+            for ev in sent_by_echo(events, sent):
+                self.session.bus.emit(ev)
 
     async def history_page(
         self, conversation_id: str, *, before: int | None, limit: int, connected: bool

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from syncengine.client.credentials import load_token
 from syncengine.client.exchange import Exchange, known_seqs
 from syncengine.client.health import HealthKeeper, error_doc, sync_mode
 from syncengine.client.live_try import LiveTry
+from syncengine.client.tasks import cancel_and_wait
 from syncengine.core.cursor import V1
 from syncengine.core.policy import RetryPolicy
 from syncengine.core.requests import CatchUp, ConnectLive, PresenceSnapshot
@@ -291,7 +292,9 @@ class Session:
             if not await self._adopt_live(queue, tasks) and self.live.pending:
                 self.keeper.live_pending()
             await matrix_glue.push_and_catch_up(self, tasks)
-            if self.link is None and self.live.pending:
+            # A handshake that ended during the catch-up is adopted here too, not only one
+            # still under way: else the session reports LIVE polling with a link unread.
+            if self.link is None and (self.live.pending or self.live.done):
                 await self.live.wait(LIVE_GRACE_S)
                 if await self._adopt_live(queue, tasks) and self.core.pull_after_attach():
                     await self.exchange.catch_up()  # from the cursor to past the live head
@@ -370,7 +373,7 @@ class Session:
             if isinstance(request, CatchUp):
                 await self._timed_catch_up()
             elif isinstance(request, PresenceSnapshot):
-                await refresh_presence(self.require_store(), transport)
+                await timed_presence(self, transport)
             elif isinstance(request, ConnectLive):
                 self.live.start(transport)
         for cid, frame in self.throttle.tick(time.monotonic()):
@@ -519,6 +522,19 @@ async def watched(work: Coroutine[Any, Any, None], tasks: list[asyncio.Task[Any]
     raise_if_ended(tasks)
 
 
+async def timed_presence(session: Session, transport: Transport) -> None:
+    """The presence snapshot the protocol asked for in the live loop."""
+    try:
+        await refresh_presence(session.require_store(), transport)
+    except TransportError as exc:
+        if session.link is None:
+            raise  # polling: REST is the only channel, so the session is down
+        # The live link is up (echoes and others' messages arrive on it): retry the snapshot
+        # on a timer, as a failed pull is, instead of tearing the link down.
+        session.core.receive_presence_failed(exc, time_now())
+        log.info("presence refresh failed while live, retrying: %s", exc)
+
+
 async def refresh_presence(store: Store, transport: Transport) -> None:
     """Apply the server's presence snapshot (live changes only cover what happens next)."""
     for item in await transport.presence():
@@ -570,21 +586,3 @@ class _StoreBusy(TransportError):
 
 class _LinkClosed(TransportError):
     """The live channel ended without an error."""
-
-
-async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until all of them have ended, whatever they ended with.
-
-    A cancellation of the *caller* while it waits is not swallowed: awaiting each task under
-    ``suppress(CancelledError)`` would also swallow the caller's own CancelledError, so a
-    ``close()`` that cancels the sync loop while a failed session winds down would be lost,
-    the loop would back off and reconnect, and ``close()`` would wait for it for ever.
-    """
-    running = [task for task in tasks if not task.done()]
-    for task in running:
-        task.cancel()
-    if running:
-        await asyncio.wait(running)  # raises only if the caller itself is cancelled
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: the session is over, its outcome no longer matters

@@ -9,9 +9,15 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 
-from syncengine.events import ConversationUpdated, DurableEvent, ServerEvent
+from syncengine.events import (
+    ConversationUpdated,
+    DurableEvent,
+    MessageReceived,
+    MessageSent,
+    ServerEvent,
+)
 
-__all__ = ["SEEN_POS_WINDOW", "EmitFilter"]
+__all__ = ["SEEN_POS_WINDOW", "EmitFilter", "sent_by_echo"]
 
 #: How many recent positions are remembered for de-duplication.
 SEEN_POS_WINDOW = 50_000
@@ -64,3 +70,31 @@ class EmitFilter:
         """True once per staleness: the caller fetches the snapshot now."""
         stale, self.presence_stale = self.presence_stale, False
         return stale
+
+
+def sent_by_echo(events: Sequence[ServerEvent], op_ids: Sequence[str]) -> list[MessageSent]:
+    """The :class:`MessageSent` of own sends whose server copy (the echo, live or pulled) in
+    ``events`` moved them to SENT before the push's acknowledgement.
+
+    The acknowledgement that comes later (a duplicate after a lost one, or the original
+    arriving late) finds the operation SENT and reports nothing, so the echo is where the
+    send is reported; whichever of the two moves the operation reports it, so once.
+
+    Args:
+        events: an applied batch.
+        op_ids: the op ids the store reported moved to SENT (``ApplyResult.sent_ops``).
+    """
+    wanted = set(op_ids)
+    out: list[MessageSent] = []
+    for ev in events:
+        if isinstance(ev, MessageReceived) and ev.op_id in wanted:
+            wanted.discard(ev.op_id)
+            out.append(
+                MessageSent(
+                    op_id=ev.op_id,
+                    conversation_id=ev.conversation_id,
+                    message_id=ev.message_id,
+                    seq=ev.seq or 0,
+                )
+            )
+    return out

@@ -93,6 +93,7 @@ class Schedule:
         self.next_pull = 0.0
         self.next_live_try = 0.0
         self.pull_blocked_until = 0.0
+        self.presence_blocked_until = 0.0
         self.pull_wanted = False
         # A live channel that failed is retried with capped full-jitter backoff: soon after a
         # passing fault, rarely when a middlebox refuses it for good.
@@ -107,7 +108,7 @@ class Schedule:
         s = self.settings
         self.interval = s.safety_pull_s if live else s.poll_interval_s
         self.next_pull = now + self.interval
-        self.pull_blocked_until = 0.0
+        self.pull_blocked_until = self.presence_blocked_until = 0.0
 
     def live_try_started(self) -> None:
         """A live handshake is under way: no other one until it ends."""
@@ -138,6 +139,15 @@ class Schedule:
         """A catch-up failed while the live link stays up: retry after ``delay``, and no
         urgent pull before then either (a gap must not turn a failure into a busy loop)."""
         self.next_pull = self.pull_blocked_until = now + delay
+
+    def presence_failed(self, now: float, delay: float) -> None:
+        """A presence snapshot failed while the live link stays up: try again after
+        ``delay`` (not at once: a refusing server must not turn it into a busy loop)."""
+        self.presence_blocked_until = now + delay
+
+    def presence_due(self, now: float) -> bool:
+        """A stale presence snapshot may be fetched at ``now`` (no failed one blocks it)."""
+        return now >= self.presence_blocked_until
 
     def tick(self, now: float, *, gaps: bool, polling_wants_live: bool) -> list[Request]:
         """What is due at ``now``.

@@ -357,6 +357,15 @@ class SyncProtocol:
         self.schedule.pull_failed(now, delay)
         return delay
 
+    def receive_presence_failed(self, exc: BaseException, now: float) -> float:
+        """A presence snapshot failed while the live link stays up: it is still wanted, and
+        is tried again after the returned wait (the single-request backoff, the server's
+        Retry-After honoured), as a failed pull is. A healthy link is not torn down for it."""
+        delay = self.op_backoff.next(retry_after(exc))
+        self.emit_filter.presence_stale = True
+        self.schedule.presence_failed(now, delay)
+        return delay
+
     # --- resync -----------------------------------------------------------------------------
 
     def start_resync(self, epoch: str = "") -> Resync:
@@ -497,7 +506,7 @@ class SyncProtocol:
             # be a second producer of an unordered cursor. Count the pull as done.
             self.schedule.pull_done(now)
             due = [r for r in due if not isinstance(r, CatchUp)]
-        if self.emit_filter.take_presence_stale():
+        if self.schedule.presence_due(now) and self.emit_filter.take_presence_stale():
             # After a catch-up (it may bring more changes), before a live reconnect.
             due.insert(1 if due and isinstance(due[0], CatchUp) else 0, PresenceSnapshot())
         return due

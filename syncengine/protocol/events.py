@@ -257,7 +257,11 @@ class MessageQueued(EngineEvent):
 
 @attrs.frozen(kw_only=True)
 class MessageSent(EngineEvent):
-    """The server acknowledged a send; the local echo now has its server id and seq."""
+    """The server has a send; the local echo now has its server id and seq.
+
+    Emitted once per send, from whichever came first: the push's acknowledgement, or the
+    server's copy of the message (the echo) on the live channel or in a pull.
+    """
 
     op_id: str
     conversation_id: str

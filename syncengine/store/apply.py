@@ -37,29 +37,29 @@ from syncengine.events import (
     UserPresenceChanged,
 )
 from syncengine.models import PresenceStatus
-from syncengine.store.outbox import ECHO_SOURCES_SQL
+from syncengine.store.outbox import OTHER_SEND_SQL, confirm_by_echo
 from syncengine.store.queries import STREAM, read_cursor
 from syncengine.store.unordered import set_token
 
 __all__ = ["ApplyResult"]
 
-# The outbox holds a send of this op id (parameters: op id, body) with another body.
-OTHER_SEND_SQL = (
-    "SELECT 1 FROM outbox o WHERE o.op_id = ? AND o.kind = 'send' "
-    "AND json_extract(o.payload, '$.body') IS NOT ?"
-)
-
 
 class ApplyResult:
-    """What :meth:`Store.apply_events` did: counts, and the own ops the page confirmed."""
+    """What :meth:`Store.apply_events` did: counts, and the own ops the page confirmed.
 
-    __slots__ = ("applied", "confirmed_ops", "cursor", "unknown")
+    ``confirmed_ops`` lists every own send the events carry; ``sent_ops`` only those whose
+    outbox item this call moved to SENT (the echo came before the acknowledgement), so the
+    engine reports each send exactly once, whichever of echo and ack comes first.
+    """
+
+    __slots__ = ("applied", "confirmed_ops", "cursor", "sent_ops", "unknown")
 
     def __init__(self) -> None:
         self.applied = 0
         self.unknown = 0
         self.cursor: int | str = 0
         self.confirmed_ops: list[str] = []
+        self.sent_ops: list[str] = []
 
 
 class SortedPage:
@@ -180,13 +180,8 @@ def _write_messages(c: Any, page: SortedPage, now: float) -> None:
             f"{OTHER_SEND_SQL})",
             [(*o[:5], o[4], o[5]) for o in page.own],
         )
-        # The server copy confirms the send: its outbox row moves to SENT from the states
-        # the transition table allows (never from FAILED).
-        c.executemany(
-            "UPDATE outbox SET state = 'sent', updated_at = ? "
-            f"WHERE op_id = ? AND state IN ({ECHO_SOURCES_SQL}) AND NOT EXISTS ({OTHER_SEND_SQL})",
-            [(now, o[4], o[4], o[5]) for o in page.own],
-        )
+        # The server copy confirms the send; the sends it moved to SENT are reported.
+        page.result.sent_ops += confirm_by_echo(c, [(o[4], o[5]) for o in page.own], now)
     if page.inserts:
         c.executemany(
             "INSERT INTO messages(conversation_id, seq, id, op_id, sender, body, state, "

@@ -113,6 +113,32 @@ for _move in FIXED_MOVES:
 #: States an item may be confirmed SENT from by its server copy (the echo): SQL text.
 ECHO_SOURCES_SQL = _sql_states(sources(SENT))
 
+#: The outbox holds a send of this op id (parameters: op id, body) with another body.
+OTHER_SEND_SQL = (
+    "SELECT 1 FROM outbox o WHERE o.op_id = ? AND o.kind = 'send' "
+    "AND json_extract(o.payload, '$.body') IS NOT ?"
+)
+
+
+def confirm_by_echo(c: Any, sends: Sequence[tuple[str, str]], now: float) -> list[str]:
+    """The server's copies of own sends (op id, body) confirm their outbox items: each one
+    moves to SENT from the states the transition table allows (never from FAILED), unless
+    the outbox holds another body under that op id (another device's refused reuse of it).
+
+    Returns the op ids this call moved, in order: the echo came before the acknowledgement,
+    which will find them SENT and report nothing, so the caller reports these sends. One
+    statement per send to read its row count; own sends are few in any page.
+    """
+    moved: list[str] = []
+    for op_id, body in sends:
+        if c.execute(
+            "UPDATE outbox SET state = 'sent', updated_at = ? "
+            f"WHERE op_id = ? AND state IN ({ECHO_SOURCES_SQL}) AND NOT EXISTS ({OTHER_SEND_SQL})",
+            (now, op_id, op_id, body),
+        ).rowcount:
+            moved.append(op_id)
+    return moved
+
 
 def outbox_item(row: Sequence[Any]) -> OutboxItem:
     """An :class:`OutboxItem` from a row of :data:`OUTBOX_COLUMNS`."""
