@@ -265,7 +265,7 @@ def test_demo_into_head_removes_its_temp_folder(tmp_path: Path) -> None:
 
 
 def test_demo_interrupted_removes_its_temp_folder(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncengine.cli", "demo", "--messages", "40"],
         stdout=subprocess.PIPE,
@@ -273,7 +273,15 @@ def test_demo_interrupted_removes_its_temp_folder(tmp_path: Path) -> None:
         text=True,
         env=env,
     )
-    time.sleep(3.0)
+    # Interrupt it mid-story: once the live chat has begun (its stores and server exist),
+    # whatever the machine's speed. A fixed sleep let a fast run finish first.
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "live chat:" in line:
+            break
+    assert seen and "live chat:" in seen[-1], seen
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
