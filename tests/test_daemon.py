@@ -207,7 +207,11 @@ def test_daemon_lifecycle(tmp_path: Path, srv: ServerThread, notifications: Noti
             text=True,
         )
         try:
-            time.sleep(1.0)  # let tail take its snapshot of what is already there
+            # tail says on stderr once it has noted what the store holds: from then on every
+            # message stored is printed (no fixed sleep a loaded machine could miss).
+            assert tail.stderr is not None
+            notice = tail.stderr.readline()
+            assert "syncs this store: showing new messages only" in notice, notice
             one_json(invoke("--db", str(bob), "--json", "send", cid, "for tail", "--wait"))
             out, err = tail.communicate(timeout=20)
         finally:

@@ -103,27 +103,35 @@ def tail(ctx: click.Context, count: int | None, timeout: float | None) -> None:
     st = state(ctx)
     with open_store(st.db) as store:
         require_login(store, st.db)
-    running, pid = daemon_info(st.db)
-    if running:
-        who = f"a daemon (pid {pid})" if pid else "another process"
+    _running, pid = daemon_info(st.db)
+    who = f"a daemon (pid {pid})" if pid else "another process"
+
+    def following() -> None:
+        # Said once tail has noted what the store holds: every message stored from now on is
+        # printed (stdout stays JSON lines only; this is the caller's readiness signal).
         click.echo(
             f"{who} syncs this store: showing new messages only (without a daemon, tail "
             "shows every event)",
             err=True,
         )
+
     printer = render.EventPrinter(as_json=st.json)
     try:
-        run(_print_events(st.db, printer, count, timeout))
+        run(_print_events(st.db, printer, count, timeout, following))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how tail is meant to end
 
 
 async def _print_events(
-    db: Any, printer: render.EventPrinter, count: int | None, timeout: float | None
+    db: Any,
+    printer: render.EventPrinter,
+    count: int | None,
+    timeout: float | None,
+    following: Callable[[], None],
 ) -> None:
     from syncengine.local import tail as follow
 
-    events = follow(db)
+    events = follow(db, following=following)
     try:
         async with asyncio.timeout(timeout):
             async for item in events:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from syncengine import SyncEngine
 from syncengine.events import Event
@@ -25,14 +25,18 @@ __all__ = ["POLL_INTERVAL_S", "poll_messages", "tail"]
 POLL_INTERVAL_S = 0.2
 
 
-async def tail(db: str | os.PathLike[str]) -> AsyncGenerator[Event | Message, None]:
+async def tail(
+    db: str | os.PathLike[str], *, following: Callable[[], None] | None = None
+) -> AsyncGenerator[Event | Message, None]:
     """Events (this process syncs) or new messages (a daemon syncs), until closed.
 
-    The store's lock, when taken here, is released when the iterator is closed.
+    The store's lock, when taken here, is released when the iterator is closed. While a daemon
+    syncs, ``following()`` is called once what the store already holds has been noted: every
+    message stored from then on is yielded (a caller's readiness signal).
     """
     lock = StoreLock(db)
     if not lock.try_acquire():  # a daemon syncs the store: read what it writes
-        async for message in poll_messages(db):
+        async for message in poll_messages(db, on_ready=following):
             yield message
         return
     try:
@@ -47,11 +51,19 @@ async def tail(db: str | os.PathLike[str]) -> AsyncGenerator[Event | Message, No
 
 
 async def poll_messages(
-    db: str | os.PathLike[str], *, interval_s: float = POLL_INTERVAL_S
+    db: str | os.PathLike[str],
+    *,
+    interval_s: float = POLL_INTERVAL_S,
+    on_ready: Callable[[], None] | None = None,
 ) -> AsyncGenerator[Message, None]:
-    """Messages that reach the store after the call (by seq per conversation), until closed."""
+    """Messages that reach the store after the call (by seq per conversation), until closed.
+
+    ``on_ready()`` is called once the snapshot of what is already there is taken.
+    """
     with Store(db) as store:
         seen = {c.id: c.last_seq for c in store.conversations()}
+        if on_ready is not None:
+            on_ready()
         while True:
             for conv in store.conversations():
                 last = seen.get(conv.id, 0)
