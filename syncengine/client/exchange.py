@@ -35,6 +35,7 @@ from syncengine.errors import (
 from syncengine.events import ConversationUpdated, MessageFailed, MessageSent, ServerEvent
 from syncengine.models import HistoryPage, OpKind, OutboxItem
 from syncengine.store import authority
+from syncengine.store.store import known_seqs
 from syncengine.transport.base import Transport
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from syncengine.store import Store
     from syncengine.wire import EventPage
 
-__all__ = ["EPOCH_META", "RESYNC_META", "Exchange", "known_seqs"]
+__all__ = ["EPOCH_META", "RESYNC_META", "Exchange"]
 
 #: The store's ``meta`` key of an unfinished resync's plan (JSON), to continue it.
 RESYNC_META = "resync_plan"
@@ -71,13 +72,6 @@ def _stored_members(store: Store, cid: str) -> tuple[str, ...] | None:
         return store.conversation(cid).members
     except NotFound:
         return ()
-
-
-def known_seqs(store: Store) -> dict[str, int]:
-    """The highest seq stored per conversation (the protocol's gap detection starts here)."""
-    from syncengine.store.store import known_seqs as stored_seqs
-
-    return stored_seqs(store)
 
 
 class SessionView(Protocol):

@@ -36,7 +36,7 @@ from syncengine.client import matrix_glue
 from syncengine.client.bus import EventBus
 from syncengine.client.config import EngineConfig
 from syncengine.client.credentials import load_token
-from syncengine.client.exchange import Exchange, known_seqs
+from syncengine.client.exchange import Exchange
 from syncengine.client.health import HealthKeeper, error_doc, sync_mode
 from syncengine.client.live_try import LiveTry
 from syncengine.client.tasks import cancel_and_wait
@@ -63,6 +63,7 @@ from syncengine.events import DurableEvent, ServerEvent, UserPresenceChanged
 from syncengine.local.lock import EngineClaim
 from syncengine.models import ConnectionState
 from syncengine.store import Store
+from syncengine.store.store import known_seqs
 from syncengine.transport.base import LiveLink, Transport, make_ssl_context
 
 __all__ = ["Session"]

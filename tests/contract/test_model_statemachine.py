@@ -43,13 +43,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from syncengine.client.exchange import known_seqs
 from syncengine.core.push import PushStep
 from syncengine.core.sync import SyncProtocol
 from syncengine.errors import ServerUnavailable, StoreFull
 from syncengine.events import ConversationUpdated, DurableEvent, MessageReceived
 from syncengine.models import OpKind, OutboxState
 from syncengine.store import Store
+from syncengine.store.store import known_seqs
 from syncengine.wire import EventPage, OpResult
 from tests.contract.oracle import Oracle, scale
 
