@@ -7,7 +7,7 @@ Wraps, in this process only (no product code changes): the event loop's ``select
 time of the loop thread), ``RestTransport._request`` and ``pull`` (in-flight intervals),
 ``wire.decode_page``, ``Store.apply_events`` (wall and thread CPU, on which thread),
 ``Store.cursor`` (the progress ticker's read, when called on the loop thread),
-``SyncEngine._emit_new`` and ``SyncEngine._catch_up``. Marks: interpreter ready, ``syncengine
+``Exchange.emit_new`` and ``Exchange.catch_up``. Marks: interpreter ready, ``syncengine
 .cli`` imported, first request, first pull, catch-up end, exit. Writes them to OUT.json at exit.
 The wrappers cost about 1 µs per call; the loop's ``select`` runs a few times per page.
 
@@ -88,8 +88,11 @@ import syncengine.cli as cli  # noqa: E402
 
 marks["imported_cli"] = time.monotonic()
 
-from syncengine import engine as engine_mod  # noqa: E402
-from syncengine import wire  # noqa: E402
+from syncengine.client import catchup as catchup_mod  # noqa: E402
+from syncengine.client import exchange as exchange_mod  # noqa: E402
+from syncengine.client import session as session_mod  # noqa: E402
+from syncengine.client.engine import SyncEngine  # noqa: E402
+from syncengine.local import sync as local_sync  # noqa: E402
 from syncengine.store import store as store_mod  # noqa: E402
 from syncengine.transport import rest  # noqa: E402
 
@@ -120,7 +123,7 @@ async def _timed_pull(self: Any, since: int, limit: int) -> Any:
 rest.RestTransport._request = _timed_request  # type: ignore[method-assign]
 rest.RestTransport.pull = _timed_pull  # type: ignore[method-assign]
 
-_decode_page = wire.decode_page
+_decode_page = rest.wire.decode_page
 
 
 def _timed_decode(data: Any, **kw: Any) -> Any:
@@ -130,7 +133,7 @@ def _timed_decode(data: Any, **kw: Any) -> Any:
     return page
 
 
-wire.decode_page = _timed_decode
+rest.wire.decode_page = _timed_decode
 
 _apply = store_mod.Store.apply_events
 
@@ -168,7 +171,7 @@ def _timed_cursor(self: Any) -> int:
 
 store_mod.Store.cursor = _timed_cursor  # type: ignore[method-assign]
 
-_emit_new = engine_mod.SyncEngine._emit_new
+_emit_new = exchange_mod.Exchange.emit_new
 
 
 def _timed_emit_new(self: Any, events: Any) -> None:
@@ -179,9 +182,9 @@ def _timed_emit_new(self: Any, events: Any) -> None:
         emits.append(time.monotonic() - t)
 
 
-engine_mod.SyncEngine._emit_new = _timed_emit_new  # type: ignore[method-assign]
+exchange_mod.Exchange.emit_new = _timed_emit_new  # type: ignore[method-assign]
 
-_catch_up = engine_mod.SyncEngine._catch_up
+_catch_up = exchange_mod.Exchange.catch_up
 
 
 async def _timed_catch_up(self: Any) -> int:
@@ -192,7 +195,7 @@ async def _timed_catch_up(self: Any) -> int:
         marks["catch_up_end"] = time.monotonic()
 
 
-engine_mod.SyncEngine._catch_up = _timed_catch_up  # type: ignore[method-assign]
+exchange_mod.Exchange.catch_up = _timed_catch_up  # type: ignore[method-assign]
 
 
 def _span(owner: Any, attr: str, name: str) -> None:
@@ -234,25 +237,25 @@ _span(store_mod.Store, "integrity_check", "Store.integrity_check")
 _span(store_mod.Store, "health", "Store.health")
 _span(store_mod.Store, "conversations", "Store.conversations")
 _span(store_mod.Store, "recover_sending", "Store.recover_sending")
-_span(engine_mod.SyncEngine, "open", "SyncEngine.open")
-_span(engine_mod.SyncEngine, "close", "SyncEngine.close")
-_span(engine_mod.SyncEngine, "_push_all", "SyncEngine._push_all")
-_span(engine_mod.SyncEngine, "_refresh_presence", "SyncEngine._refresh_presence")
+_span(SyncEngine, "open", "SyncEngine.open")
+_span(SyncEngine, "close", "SyncEngine.close")
+_span(exchange_mod.Exchange, "push_all", "Exchange.push_all")
+_span(session_mod, "refresh_presence", "session.refresh_presence")
 _span(live_mod.WebSocketLink, "connect", "WebSocketLink.connect")
 _span(daemon_mod.StoreLock, "acquire", "StoreLock.acquire")
 _span(daemon_mod.Daemon, "_check_store", "Daemon._check_store")
 _span(daemon_mod.Daemon, "_start_scheduler", "Daemon._start_scheduler")
-_span(cli, "_server_head", "cli._server_head")
+_span(local_sync, "server_head", "local.sync.server_head")
 
 # Experiments (this process only), for the profile's "variants" section:
 if os.environ.get("PROBE_APPLY_ON_LOOP"):  # every page applied on the loop thread
-    engine_mod._THREAD_APPLY_MIN = 10**9
+    catchup_mod.THREAD_APPLY_MIN = 10**9
 if os.environ.get("PROBE_NO_TICKER"):  # no progress ticker (no store reads from the loop)
 
     async def _no_tick(engine: Any, on_progress: Any) -> None:
         return None
 
-    cli._tick = _no_tick  # type: ignore[assignment]
+    local_sync._tick = _no_tick  # type: ignore[assignment]
 if os.environ.get("PROBE_SWITCH_INTERVAL"):  # the GIL's switch interval (default 5 ms)
     sys.setswitchinterval(float(os.environ["PROBE_SWITCH_INTERVAL"]))
 

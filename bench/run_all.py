@@ -40,6 +40,8 @@ SCRIPTS = (
     "bench_matrix_catchup.py",
 )
 TIMEOUT_S = 120.0
+#: Scripts that start services of their own (two PostgreSQL clusters, several nodes).
+TIMEOUTS = {"bench_scaleout.py": 300.0}
 SMOKE_TIMEOUT_S = 30.0
 
 
@@ -51,7 +53,7 @@ def run_script(name: str, smoke: bool) -> tuple[dict[str, Any] | None, str]:
             cmd,
             capture_output=True,
             text=True,
-            timeout=SMOKE_TIMEOUT_S if smoke else TIMEOUT_S,
+            timeout=SMOKE_TIMEOUT_S if smoke else TIMEOUTS.get(name, TIMEOUT_S),
         )
     except subprocess.TimeoutExpired:
         return None, "timed out"
