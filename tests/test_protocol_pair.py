@@ -258,6 +258,7 @@ class Client:
         cursor = self.protocol.page_cursor(page)
         for ev in page.events:
             if isinstance(ev, MessageReceived):
+                assert ev.seq is not None  # protocol v1: every durable event has its seq
                 self.messages[ev.message_id] = (ev.conversation_id, ev.seq)
         assert isinstance(cursor, int) and cursor >= self.stored_cursor, "cursor moved back"
         self.stored_cursor = cursor
@@ -268,6 +269,7 @@ class Client:
         while (request := plan.next_request()) is not None:
             if isinstance(request, ConversationsSnapshot):
                 snapshot = decode_conversations(self.server.handle(requests.conversations()))
+                assert isinstance(snapshot.head, int)  # protocol v1: an integer position
                 plan.receive_snapshot([c.as_dict() for c in snapshot.conversations], snapshot.head)
                 continue
             ask = requests.history(request.conversation_id, request.before, request.limit)
