@@ -1,8 +1,9 @@
 """The server storage contract: one suite every ``ServerStorage`` implementation must pass.
 
-The ``backend`` fixture is parametrised over the implementations: SQLite, and PostgreSQL (a
+The ``backend`` fixture is parametrised over the implementations: SQLite, PostgreSQL (a
 fresh database per test on the session's server, see ``tests/services/postgres.py``; skipped
-where no PostgreSQL binaries exist). A new database plugs in by adding an opener to
+where no PostgreSQL binaries exist), and the in-memory storage (dictionaries, reopened from
+the same ``MemoryDatabase`` within a test). A new database plugs in by adding an opener to
 ``BACKENDS``: a function of a directory, a retention and a clock that returns a fresh (or
 reopened) storage there.
 """
@@ -23,6 +24,7 @@ from syncengine.protocol.ops import MAX_MEMBERS
 from syncengine.server import writes
 from syncengine.server.storage import ServerStorage, SqliteStorage, WriteTx
 from syncengine.server.storage.interface import ConversationRow, MessageRow, OpRecord
+from syncengine.server.storage.memory import MemoryDatabase, MemoryStorage
 
 Opener = Callable[..., ServerStorage]
 
@@ -39,7 +41,20 @@ def _open_postgres(directory: Path, *, retention: int | None, clock: Callable[[]
     return PostgresStorage(url, retention=retention, clock=clock)
 
 
-BACKENDS: dict[str, Opener] = {"sqlite": _open_sqlite, "postgres": _open_postgres}
+_MEMORY: dict[Path, MemoryDatabase] = {}
+
+
+def _open_memory(directory: Path, *, retention: int | None, clock: Callable[[], float]) -> Any:
+    # A reopen in the same test directory finds the same database (a restart).
+    database = _MEMORY.setdefault(directory, MemoryDatabase())
+    return MemoryStorage(database, retention=retention, clock=clock)
+
+
+BACKENDS: dict[str, Opener] = {
+    "sqlite": _open_sqlite,
+    "postgres": _open_postgres,
+    "memory": _open_memory,
+}
 
 
 class Clock:

@@ -71,10 +71,18 @@ class ServerService:
     Args:
         config: the server configuration.
         storage: the storage (by default the SQLite file of ``config.db_path``).
+        clock: monotonic seconds for the rate limiters (injectable for tests).
     """
 
-    def __init__(self, config: ServerConfig, storage: ServerStorage | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        storage: ServerStorage | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock
         self.storage: ServerStorage = storage or open_storage(config)
         self.hub = Hub(config, self.storage)
         self.rest_limiter = rules.RateLimiter(config.rate_per_s, config.rate_burst)
@@ -147,7 +155,7 @@ class ServerService:
         Raises:
             RateLimited: none is there, with the wait.
         """
-        now = time.monotonic()
+        now = self.clock()
         if len(limiter.buckets) > _LIMITER_SWEEP:
             limiter.forget_idle(now)
         wait = limiter.take(key, now) if take else limiter.wait(key, now)
@@ -229,7 +237,7 @@ class ServerService:
                 log.info("registered user %s", user)
             record = self.storage.password_record(user)
         if record is None or not await asyncio.to_thread(_verify, password, record):
-            now = time.monotonic()
+            now = self.clock()
             self.login_fail_ip_limiter.take(by_address, now)
             self.login_fail_limiter.take(by_name, now)
             raise BadCredentials("unknown user or wrong password")

@@ -1,4 +1,4 @@
-"""The reference server's storage: an interface, and its SQLite implementation.
+"""The reference server's storage: an interface, and its implementations.
 
 - :mod:`~syncengine.server.storage.interface`: :class:`ServerStorage` and
   :class:`WriteTx` (what any database must offer), and the row types.
@@ -6,6 +6,8 @@
   ``sqlite_users``, ``sqlite_conversations`` and ``sqlite_log``, with ``sqlite_schema``.
 - :mod:`~syncengine.server.storage.postgres`: ``PostgresStorage`` (psycopg 3, the optional
   extra ``postgres``), shared by several server processes; :func:`open_storage` picks one.
+- :mod:`~syncengine.server.storage.memory`: :class:`MemoryStorage`, dictionaries and an undo
+  journal, no database (the server's rules run purely in memory: the protocol pair tests).
 
 :class:`Storage` is the SQLite storage under its historical name (tests and benchmarks open
 it directly as the server's truth); it adds :meth:`Storage.create_conversation`, a write
@@ -18,12 +20,14 @@ from typing import Any
 
 from syncengine.protocol.bodies import ConversationSnapshot
 from syncengine.server.storage.interface import Committed, ServerStorage, WriteTx
+from syncengine.server.storage.memory import MemoryStorage
 from syncengine.server.storage.sqlite import SqliteStorage
 from syncengine.server.storage.sqlite_schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
     "Committed",
+    "MemoryStorage",
     "ServerStorage",
     "SqliteStorage",
     "Storage",
