@@ -635,3 +635,23 @@ def test_a_conversation_that_adds_the_user_back_is_read_again() -> None:
     both = [("in", ("alice",)), ("in", ("alice", "bob"))]
     assert readded_conversations(both, "bob", stored) == ["in"]
     assert readded_conversations([], "bob", stored) == []
+
+
+def test_a_round_stopped_mid_bisection_narrows_the_next_claim() -> None:
+    # Under a sustained rate limit the next round must start from the half the bisection
+    # reached: claiming the whole refused batch again would spend each token on it forever.
+    proto = SyncProtocol(push_batch=8)
+    proto.transition(CS.CONNECTING)
+    proto.transition(CS.SYNCING)
+    batch = [item(f"op-{n}") for n in range(8)]
+    push = proto.push_round(batch)
+    assert push.next_batch() == batch
+    push.receive_error(Rejected("invalid", "one op is malformed", status=400), 0.0)
+    assert proto.push_batch == 4  # split in two: the first half is next
+    push.receive_error(RateLimited("slow down", retry_after=8.0), 0.0)
+    assert push.stopped and push.next_batch() is None
+    assert proto.push_batch == 4  # outlives the stopped round
+    again = proto.push_round(batch[:4])
+    again.receive_results([OpResult(op_id=i.op_id, status="applied") for i in batch[:4]], 9.0)
+    assert again.next_batch() is None  # every item answered: the round is complete
+    assert proto.push_batch == 8  # and the whole batch is claimed again

@@ -16,7 +16,15 @@ from syncengine.errors import RateLimited, Rejected, TransportError
 from syncengine.models import OutboxItem
 from syncengine.wire import OpResult
 
-__all__ = ["MarkFailed", "MarkRetry", "PushOutcome", "PushRound", "PushStep", "op_to_wire"]
+__all__ = [
+    "MarkFailed",
+    "MarkRetry",
+    "PushOutcome",
+    "PushRound",
+    "PushStep",
+    "PushWindow",
+    "op_to_wire",
+]
 
 
 def op_to_wire(item: OutboxItem) -> dict[str, Any]:
@@ -98,6 +106,26 @@ class PushStep:
     reraise: bool = False
 
 
+@attrs.define
+class PushWindow:
+    """Operations per push request: the configured batch, narrowed while a batch the server
+    refused as a whole is being bisected.
+
+    The narrowing outlives the round: a round stopped mid-bisection (a 429, a dropped link)
+    starts the next one from the half it had reached, not from the whole batch again. Else,
+    under a sustained rate limit, every round would spend its one token on the refused whole
+    batch and the queue would never get past it. It widens again once a round completes.
+    """
+
+    full: int
+    narrowed: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Operations to claim for the next request."""
+        return self.full if self.narrowed is None else min(self.full, self.narrowed)
+
+
 class PushRound:
     """One claimed batch, pushed until every item is answered or the round stops.
 
@@ -113,6 +141,7 @@ class PushRound:
             next poll may confirm them first).
         op_backoff: waits after a failed request.
         defer_backoff: waits for operations the server deferred or rate-limited.
+        window: narrowed when a refused request is split, widened when the round completes.
     """
 
     def __init__(
@@ -122,8 +151,10 @@ class PushRound:
         live: bool,
         op_backoff: Backoff,
         defer_backoff: Backoff,
+        window: PushWindow | None = None,
     ) -> None:
         self._todo: list[Sequence[OutboxItem]] = [items]
+        self._window = window
         self._live = live
         self._op_backoff = op_backoff
         self._defer_backoff = defer_backoff
@@ -132,7 +163,11 @@ class PushRound:
 
     def next_batch(self) -> Sequence[OutboxItem] | None:
         """The items of the next request, or None when the round is over."""
-        if self.stopped or not self._todo:
+        if self.stopped:
+            return None
+        if not self._todo:
+            if self._window is not None:
+                self._window.narrowed = None  # every item answered: the whole batch again
             return None
         return self._todo[0]
 
@@ -165,6 +200,8 @@ class PushRound:
             else:
                 mid = len(batch) // 2
                 self._todo[:0] = [batch[:mid], batch[mid:]]
+                if self._window is not None:
+                    self._window.narrowed = mid
             return step
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, TransportError) and self._live:

@@ -26,7 +26,7 @@ import attrs
 from syncengine.core.backoff import Backoff, retry_after
 from syncengine.core.cursor import V1, Cursor, TransportCapabilities, later
 from syncengine.core.emit import EmitFilter
-from syncengine.core.push import PushOutcome, PushRound, op_to_wire, sort_results
+from syncengine.core.push import PushOutcome, PushRound, PushWindow, op_to_wire, sort_results
 from syncengine.core.requests import CatchUp, PresenceSnapshot, Request
 from syncengine.core.resync import Resync
 from syncengine.core.schedule import Schedule, SyncSettings
@@ -184,11 +184,13 @@ class SyncProtocol:
         self.op_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
         # Waits for operations the server deferred or rate-limited; reset once LIVE.
         self.defer_backoff = Backoff(base=s.backoff_base_s, cap=s.backoff_cap_s, rng=rng)
+        self.push_window = PushWindow(s.push_batch)
 
     @property
     def push_batch(self) -> int:
-        """Operations per push request."""
-        return self.settings.push_batch
+        """Operations to claim for the next push request: the configured batch, or less
+        while a batch the server refused as a whole is being bisected."""
+        return self.push_window.size
 
     @property
     def page_limit(self) -> int:
@@ -300,7 +302,11 @@ class SyncProtocol:
         # session stays up (a live echo or the next poll may confirm the items first).
         live = self.state is CS.LIVE
         return PushRound(
-            items, live=live, op_backoff=self.op_backoff, defer_backoff=self.defer_backoff
+            items,
+            live=live,
+            op_backoff=self.op_backoff,
+            defer_backoff=self.defer_backoff,
+            window=self.push_window,
         )
 
     # --- pull -------------------------------------------------------------------------------
