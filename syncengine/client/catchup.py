@@ -24,7 +24,7 @@ import asyncio
 import collections
 import concurrent.futures
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from syncengine.client.tasks import wait_through_cancel
 from syncengine.errors import CursorExpired
@@ -66,6 +66,15 @@ class Exchange(Protocol):
 
     async def _resync(self, transport: Transport) -> None: ...
 
+    def readded(self, events: Sequence[ServerEvent]) -> list[str]: ...
+
+
+class _Applied(NamedTuple):
+    """What applying one page did, accounted for in order on the loop."""
+
+    sent: list[str]  # own sends the page moved to SENT
+    readded: list[str]  # conversations the page adds the user back to
+
 
 class _Skipped(Exception):
     """A page not applied because an earlier one failed."""
@@ -84,10 +93,13 @@ class CatchUp:
         self.transport = transport
         self.core = exchange.session.core
         self.pulled = 0
-        self._queued: collections.deque[tuple[concurrent.futures.Future[list[str]], EventPage]]
+        self._queued: collections.deque[tuple[concurrent.futures.Future[_Applied], EventPage]]
         self._queued = collections.deque()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._broken = False
+        #: Conversations the pulled pages added the user back to, in order (their history
+        #: is read again once the catch-up is done).
+        self.readded: list[str] = []
 
     async def run(self) -> int:
         """Pull and apply until caught up. Returns the number of events pulled."""
@@ -122,8 +134,8 @@ class CatchUp:
                 self.exchange.keep_epoch(self.transport, page)
                 query = self.core.prefetch_request(page)
                 if not self._queued and len(page.events) < THREAD_APPLY_MIN:
-                    sent = self._apply(page, self.core.page_cursor(page))
-                    if self._account(page, sent):
+                    applied = self._apply(page, self.core.page_cursor(page))
+                    if self._account(page, applied):
                         return self.pulled
                     continue
                 self._submit(page)
@@ -138,12 +150,14 @@ class CatchUp:
         cursor = self.core.page_cursor(page)
         self._queued.append((self._pool.submit(self._apply, page, cursor), page))
 
-    def _apply(self, page: EventPage, cursor: Any) -> list[str]:
+    def _apply(self, page: EventPage, cursor: Any) -> _Applied:
         """Apply one page with its cursor (on the worker, or on the loop when small).
-        Returns the own sends the page moved to SENT (reported when it is accounted for)."""
+        Returns the own sends the page moved to SENT and the conversations it adds the user
+        back to (read before the page applies; reported when it is accounted for)."""
         if self._broken:
             raise _Skipped
         try:
+            readded = self.exchange.readded(page.events)
             sent = self.exchange.apply_safely(page.events, cursor=cursor, synced=not page.has_more)
             store = self.exchange.session.require_store()
             for raw, error in page.bad:
@@ -151,12 +165,14 @@ class CatchUp:
         except BaseException:
             self._broken = True
             raise
-        return sent
+        return _Applied(sent, readded)
 
     # --- accounting, in order, on the loop ----------------------------------------------
 
-    def _account(self, page: EventPage, sent: Sequence[str]) -> bool:
+    def _account(self, page: EventPage, applied: _Applied) -> bool:
         """An applied page: the app's events, then the protocol's cursor and seqs."""
+        sent = applied.sent
+        self.readded.extend(applied.readded)
         self.pulled += len(page.events)
         self.exchange.pulled_total += len(page.events)
         self.exchange.emit_sent(page.events, sent)
@@ -166,12 +182,12 @@ class CatchUp:
     async def _finish_oldest(self) -> bool:
         future, page = self._queued.popleft()
         try:
-            sent = await asyncio.wrap_future(future)
+            applied = await asyncio.wrap_future(future)
         except BaseException:
             if not future.done():  # this task was cancelled: the apply goes on
                 self._queued.appendleft((future, page))
             raise
-        return self._account(page, sent)
+        return self._account(page, applied)
 
     async def _finish_done(self) -> bool:
         """Account for the pages already applied, without waiting."""

@@ -117,7 +117,7 @@ class Exchange:
     ) -> None:
         """:meth:`apply_safely`, on a worker thread when the batch is large; then the history
         of each conversation the batch adds the user back to is read again."""
-        readded = self._readded(events)
+        readded = self.readded(events)
         if len(events) >= _THREAD_APPLY_MIN:
             sent = await asyncio.to_thread(self.apply_safely, events, cursor=cursor, synced=synced)
         else:
@@ -126,7 +126,9 @@ class Exchange:
         for cid in readded:
             await self._refill(cid)
 
-    def _readded(self, events: Sequence[ServerEvent]) -> list[str]:
+    def readded(self, events: Sequence[ServerEvent]) -> list[str]:
+        """The conversations these events (not yet applied) add the user back to: their
+        history, missed while away, is read again once they are applied."""
         store = self.session.require_store()
         me = store.user
         updates = [
@@ -319,7 +321,11 @@ class Exchange:
         """
         transport = self.session.require_transport()
         async with self._pull_lock:
-            return await CatchUp(self, transport).run()
+            catch_up = CatchUp(self, transport)
+            pulled = await catch_up.run()
+            for cid in dict.fromkeys(catch_up.readded):
+                await self._refill(cid)
+            return pulled
 
     def send_epoch(self, transport: Transport) -> None:
         """Pulls carry the epoch the store's cursor belongs to: the server refuses (410) a

@@ -78,16 +78,19 @@ async def test_rejected_change_of_someone_elses_message_is_undone(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("live", [True, False], ids=["live", "polling"])
 async def test_readded_member_holds_messages_sent_while_out(
-    server: Any, scn_engines: ScnEngineFactory
+    server: Any, scn_engines: ScnEngineFactory, live: bool
 ) -> None:
+    # Polling, the re-add reaches bob by a pull (the catch-up's pages), not a live batch:
+    # both paths must read back the history he missed while out.
     async with (
         ScnClient(server.url, "alice") as alice,
         ScnClient(server.url, "bob", device="phone") as bob_phone,
     ):
         cid = await alice.create("Out and in", ["bob"])
         await alice.send(cid, "before")
-        bob = await scn_engines(server.url, "bob")
+        bob = await scn_engines(server.url, "bob", live=live)
         await scn_until(lambda: bob.store.message_count(cid) == 1, SCN_CONVERGE_S, "bob sees it")
 
         await alice.remove_member(cid, "bob")
