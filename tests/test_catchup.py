@@ -58,6 +58,9 @@ class FakeExchange:
         self.applied.append((events[0], cursor))
         return [f"sent-by-{cursor}"]  # as if the page held the echo of an own send
 
+    def readded(self, events: Any) -> list[str]:
+        return []  # re-adds are end to end (tests/scenarios/test_rejected_ops.py)
+
     def emit_new(self, events: Any) -> None:
         self.emitted.extend(events)
 
